@@ -1,0 +1,161 @@
+"""Transcripts in the Django admin: read-only, searchable, exportable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, Max, QuerySet, Sum
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+
+from chat.models import Conversation, Message
+
+
+class ReadOnlyMixin:
+    """Transcripts are a record: staff read them, nobody edits them here.
+
+    Without add and change permission the admin shows every field read-only.
+    """
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MessageInline(ReadOnlyMixin, admin.StackedInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("created_at",)
+    fields = (
+        ("role", "status", "finish_reason", "model"),
+        "content",
+        ("error_code", "error_detail"),
+        ("prompt_tokens", "completion_tokens", "total_tokens"),
+        ("time_to_first_token", "duration", "created_at"),
+    )
+
+
+def _export_dict(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "owner": conversation.owner.get_username() if conversation.owner else None,
+        "model": conversation.model,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "messages": [
+            {
+                "id": str(m.id),
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "finish_reason": m.finish_reason or None,
+                "error": {"code": m.error_code, "detail": m.error_detail} if m.error_code else None,
+                "model": m.model,
+                "usage": {
+                    "prompt_tokens": m.prompt_tokens,
+                    "completion_tokens": m.completion_tokens,
+                    "total_tokens": m.total_tokens,
+                },
+                "time_to_first_token": (
+                    m.time_to_first_token.total_seconds() if m.time_to_first_token else None
+                ),
+                "duration": m.duration.total_seconds() if m.duration else None,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in conversation.messages.all()
+        ],
+    }
+
+
+def _export_markdown(conversation: Conversation) -> str:
+    lines = [f"# {conversation.title or 'Untitled conversation'}", ""]
+    owner = conversation.owner.get_username() if conversation.owner else "anonymous"
+    lines += [f"*{owner} · {conversation.model} · {conversation.created_at:%Y-%m-%d %H:%M}*", ""]
+    for m in conversation.messages.all():
+        heading = f"## {m.get_role_display()}"
+        if m.role == Message.Roles.ASSISTANT and m.status != Message.Statuses.COMPLETE:
+            heading += f" ({m.get_status_display().lower()})"
+        lines += [heading, "", m.content, ""]
+    return "\n".join(lines)
+
+
+def _download(content: str, filename: str, content_type: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "__str__", "owner", "model", "message_count", "tokens", "last_activity",
+    )  # fmt: skip
+    list_filter = ("messages__status", "model", "created_at")
+    search_fields = ("title", "messages__content", "owner__username")
+    date_hierarchy = "updated_at"
+    fields = (("title", "owner"), ("model", "session_key"), ("created_at", "updated_at"))
+    inlines = (MessageInline,)
+    actions = ("export_json", "export_markdown")
+    list_select_related = ("owner",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                message_count=Count("messages"),
+                tokens=Sum("messages__total_tokens"),
+                last_activity=Max("messages__updated_at"),
+            )
+        )
+
+    @admin.display(description="messages", ordering="message_count")
+    def message_count(self, obj: Any) -> int:
+        return int(obj.message_count)
+
+    @admin.display(description="tokens", ordering="tokens")
+    def tokens(self, obj: Any) -> int:
+        return int(obj.tokens or 0)
+
+    @admin.display(description="last activity", ordering="last_activity")
+    def last_activity(self, obj: Any) -> Any:
+        return obj.last_activity or obj.updated_at
+
+    @admin.action(description="Export selected conversations as JSON")
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
+        data = [_export_dict(c) for c in queryset.prefetch_related("messages")]
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return _download(
+            json.dumps(data, indent=2, ensure_ascii=False),
+            f"conversations-{stamp}.json",
+            "application/json",
+        )
+
+    @admin.action(description="Export selected conversations as Markdown")
+    def export_markdown(
+        self, request: HttpRequest, queryset: QuerySet[Conversation]
+    ) -> HttpResponse:
+        text = "\n\n---\n\n".join(
+            _export_markdown(c) for c in queryset.prefetch_related("messages")
+        )
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return _download(text, f"conversations-{stamp}.md", "text/markdown; charset=utf-8")
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "__str__", "conversation", "role", "status", "model", "total_tokens",
+        "time_to_first_token", "duration", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "role", "model", "created_at")
+    search_fields = ("content", "conversation__title")
+    list_select_related = ("conversation",)
+    date_hierarchy = "created_at"

@@ -1,0 +1,83 @@
+"""System checks for the chat app's settings: misconfiguration fails at startup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.apps import AppConfig, apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from chat.conf import conf
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@register(Tags.compatibility)
+def check_dependencies(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for app in ("channels", "django.contrib.auth", "django.contrib.sessions"):
+        if not apps.is_installed(app):
+            errors.append(
+                Error(f"'{app}' must be in INSTALLED_APPS in order to use chat.", id="chat.E010")
+            )
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        errors.append(
+            Error(
+                "ASGI_APPLICATION must be set: chat streams over Channels websockets.",
+                hint="Point it at your project's asgi.application, e.g. 'project.asgi.application'.",
+                id="chat.E011",
+            )
+        )
+    return errors
+
+
+@register()
+def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if not _positive_int(conf.CHAT_MAX_MESSAGE_CHARS):
+        errors.append(Error("CHAT_MAX_MESSAGE_CHARS should be a positive integer.", id="chat.E001"))
+    for name in ("CHAT_CHECKPOINT_INTERVAL", "CHAT_CONNECT_TIMEOUT", "CHAT_READ_TIMEOUT",
+                 "CHAT_RETRY_BACKOFF", "CHAT_MAX_RETRY_AFTER", "CHAT_DEMO_TOKENS_PER_SECOND"):
+        if not _positive_number(getattr(conf, name)):
+            errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
+    retries = conf.CHAT_MAX_RETRIES
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        errors.append(Error("CHAT_MAX_RETRIES should be an integer of 0 or more.", id="chat.E003"))
+    if conf.CHAT_ON_DISCONNECT not in ("stop", "continue"):
+        errors.append(Error("CHAT_ON_DISCONNECT should be 'stop' or 'continue'.", id="chat.E004"))
+    base_url = conf.OPENAI_BASE_URL
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            errors.append(
+                Error(
+                    f"OPENAI_BASE_URL should be an http(s) URL such as "
+                    f"'https://api.openai.com/v1'; got {base_url!r}.",
+                    id="chat.E005",
+                )
+            )
+    if not isinstance(getattr(settings, "CHAT_COMPLETION_OPTIONS", {}), dict):
+        errors.append(Error("CHAT_COMPLETION_OPTIONS should be a dict.", id="chat.E006"))
+    if not isinstance(getattr(settings, "CHAT_UPSTREAM_HEADERS", {}), dict):
+        errors.append(Error("CHAT_UPSTREAM_HEADERS should be a dict.", id="chat.E007"))
+    if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):
+        errors.append(Error("CHAT_MAX_EVENT_BYTES should be a positive integer.", id="chat.E008"))
+    if conf.CHAT_ALLOW_ANONYMOUS and conf.OPENAI_API_KEY:
+        errors.append(
+            Warning(
+                "CHAT_ALLOW_ANONYMOUS is on with an OPENAI_API_KEY set: anyone who can reach the "
+                "site can spend your API credits.",
+                id="chat.W001",
+            )
+        )
+    return errors

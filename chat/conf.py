@@ -1,0 +1,111 @@
+"""Every setting of the chat app, with its default, in one place.
+
+Values are read lazily on each access so that ``override_settings`` works in
+tests. ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` follow the OpenAI SDK: a
+Django setting of that name wins, else the environment variable is used.
+No other module reads ``django.conf.settings`` for the app's own options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from django.conf import settings
+
+OnDisconnect = Literal["stop", "continue"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class Settings:
+    """Typed, lazily read view of the ``CHAT_*`` and ``OPENAI_*`` settings."""
+
+    @property
+    def OPENAI_API_KEY(self) -> str:
+        return str(getattr(settings, "OPENAI_API_KEY", None) or os.environ.get("OPENAI_API_KEY", ""))
+
+    @property
+    def OPENAI_BASE_URL(self) -> str:
+        """The upstream root, e.g. ``http://localhost:11434/v1`` for Ollama; empty if unset."""
+        value = getattr(settings, "OPENAI_BASE_URL", None) or os.environ.get("OPENAI_BASE_URL", "")
+        return str(value).rstrip("/")
+
+    @property
+    def demo_mode(self) -> bool:
+        """True when neither a key nor a base URL is configured: the built-in demo model answers."""
+        return not self.OPENAI_API_KEY and not self.OPENAI_BASE_URL
+
+    @property
+    def CHAT_MODEL(self) -> str:
+        default = "demo" if self.demo_mode else "gpt-4o-mini"
+        return str(getattr(settings, "CHAT_MODEL", default))
+
+    @property
+    def CHAT_SYSTEM_PROMPT(self) -> str:
+        return str(getattr(settings, "CHAT_SYSTEM_PROMPT", ""))
+
+    @property
+    def CHAT_COMPLETION_OPTIONS(self) -> dict[str, Any]:
+        """Extra fields merged into every request body (``temperature``, ``max_tokens``...)."""
+        return dict(getattr(settings, "CHAT_COMPLETION_OPTIONS", {}))
+
+    @property
+    def CHAT_UPSTREAM_HEADERS(self) -> dict[str, str]:
+        """Extra request headers, e.g. OpenRouter's ``HTTP-Referer`` or Azure's ``api-key``."""
+        return dict(getattr(settings, "CHAT_UPSTREAM_HEADERS", {}))
+
+    @property
+    def CHAT_ALLOW_ANONYMOUS(self) -> bool:
+        """Off by default: an open endpoint spends someone's API credits."""
+        return bool(getattr(settings, "CHAT_ALLOW_ANONYMOUS", False))
+
+    @property
+    def CHAT_MAX_MESSAGE_CHARS(self) -> int:
+        return getattr(settings, "CHAT_MAX_MESSAGE_CHARS", 32_000)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_CHECKPOINT_INTERVAL(self) -> float:
+        """Seconds between saves of a streaming answer's text."""
+        return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_ON_DISCONNECT(self) -> OnDisconnect:
+        """What happens to a running answer when the last socket watching it closes."""
+        return getattr(settings, "CHAT_ON_DISCONNECT", "stop")  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_CONNECT_TIMEOUT(self) -> float:
+        return getattr(settings, "CHAT_CONNECT_TIMEOUT", 10.0)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_READ_TIMEOUT(self) -> float:
+        """Seconds without a byte from the upstream before the answer is failed as stalled."""
+        return getattr(settings, "CHAT_READ_TIMEOUT", 60.0)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_MAX_RETRIES(self) -> int:
+        """Retries before the first token, for connect errors, 429 and 5xx only."""
+        return getattr(settings, "CHAT_MAX_RETRIES", 2)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_RETRY_BACKOFF(self) -> float:
+        """First retry delay in seconds; doubles on each further retry."""
+        return getattr(settings, "CHAT_RETRY_BACKOFF", 0.5)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_MAX_RETRY_AFTER(self) -> float:
+        """Longest ``Retry-After`` honoured by waiting; a longer one fails the answer at once."""
+        return getattr(settings, "CHAT_MAX_RETRY_AFTER", 10.0)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_MAX_EVENT_BYTES(self) -> int:
+        """Largest single server-sent event accepted from the upstream (bounds memory)."""
+        return getattr(settings, "CHAT_MAX_EVENT_BYTES", 4 * 1024 * 1024)  # type: ignore[no-any-return]
+
+    @property
+    def CHAT_DEMO_TOKENS_PER_SECOND(self) -> float:
+        return getattr(settings, "CHAT_DEMO_TOKENS_PER_SECOND", 40.0)  # type: ignore[no-any-return]
+
+
+conf = Settings()

@@ -1,0 +1,272 @@
+"""The chat socket: authenticate once, validate every frame, start / stop / watch answers.
+
+The consumer never runs an answer itself: ``receive`` stores the turn, hands
+the ``Generation`` to the process-wide registry and returns at once, so a
+``stop`` is handled while the answer streams. Frames from the conversation's
+group pass through ``chat_frame``, which keeps each answer exactly-once on
+this socket by its ``index``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from chat import demo, store
+from chat.conf import conf
+from chat.exceptions import ClientError
+from chat.generation import Generation, group_name, registry
+from chat.models import Message, Owner
+from chat.protocol import (
+    Send,
+    Stop,
+    Watch,
+    conversation_payload,
+    dumps,
+    error_frame,
+    message_payload,
+    parse_client_frame,
+)
+from chat.rendering import render_markdown
+from chat.upstream import UpstreamConfig
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NOT_AUTHENTICATED = 4401
+
+
+def owner_of(scope: dict[str, Any]) -> Owner | None:
+    """Who this socket chats as, or None if it may not chat."""
+    user = scope.get("user")
+    if user is not None and user.is_authenticated:
+        return Owner(user_id=user.pk)
+    if conf.CHAT_ALLOW_ANONYMOUS:
+        session = scope.get("session")
+        key = session.session_key if session is not None else None
+        if key:
+            return Owner(user_id=None, session_key=key)
+    return None
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    owner: Owner | None = None
+    watching: uuid.UUID | None = None
+
+    async def connect(self) -> None:
+        self.owner = owner_of(self.scope)
+        # Code points of each answer (and ":r" its reasoning) this socket already has.
+        self.positions: dict[str, int] = {}
+        self.finished: set[str] = set()
+        await self.accept()
+        if self.owner is None:
+            # Accept first so the page can show why, then close with an app code.
+            await self.send_frame(error_frame("not_authenticated", "Log in to chat."))
+            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+
+    async def disconnect(self, code: int) -> None:
+        if self.watching is not None:
+            await self.unwatch(on_disconnect=True)
+
+    async def send_frame(self, frame: Any) -> None:
+        await self.send(text_data=dumps(frame))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.owner is None:
+            return
+        try:
+            if text_data is None:
+                raise ClientError("invalid_frame", "Frames must be JSON text, not binary.")
+            frame = parse_client_frame(text_data, max_chars=conf.CHAT_MAX_MESSAGE_CHARS)
+            if isinstance(frame, Send):
+                await self.start_turn(frame)
+            elif isinstance(frame, Stop):
+                await self.stop_answer(frame)
+            elif isinstance(frame, Watch):
+                await self.show_conversation(frame.conversation)
+        except ClientError as error:
+            await self.send_frame(error_frame(error.code, error.detail))
+
+    # Client frames ---------------------------------------------------------
+
+    async def start_turn(self, frame: Send) -> None:
+        assert self.owner is not None
+        config = self.upstream_config()
+        turn = await store.start_turn(
+            self.owner,
+            frame.conversation,
+            frame.content,
+            model=config.model,
+            system_prompt=conf.CHAT_SYSTEM_PROMPT,
+        )
+        conversation_id = turn.conversation.id
+        await self.watch(conversation_id)
+        if turn.created:
+            await self.send_frame(
+                {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
+            )
+        generation = Generation(
+            message_id=turn.assistant_message.id,
+            conversation_id=conversation_id,
+            owner_key=self.owner.key,
+            history=turn.history,
+            config=config,
+            checkpoint_interval=conf.CHAT_CHECKPOINT_INTERVAL,
+            layer=self.channel_layer,
+        )
+        # Through the group, so that every tab on this conversation sees the new turn.
+        await generation.publish({"type": "message", "message": message_payload(turn.user_message)})
+        await generation.publish(
+            {"type": "message", "message": message_payload(turn.assistant_message)}
+        )
+        registry.start(generation)
+
+    def upstream_config(self) -> UpstreamConfig:
+        if not conf.demo_mode:
+            return UpstreamConfig.from_settings()
+        base_url = demo.base_url_for(self.scope)
+        if base_url is None:
+            raise ClientError(
+                "not_configured",
+                "No model is configured: set OPENAI_API_KEY or OPENAI_BASE_URL on the server.",
+            )
+        return UpstreamConfig.from_settings(base_url=base_url)
+
+    async def stop_answer(self, frame: Stop) -> None:
+        assert self.owner is not None
+        generation = registry.get(frame.message)
+        if generation is not None and generation.owner_key == self.owner.key:
+            generation.stop("user")
+            return
+        message = await store.load_message(self.owner, frame.message)
+        if message is None:
+            raise ClientError("not_found", "No such message.")
+        raise ClientError("not_running", "That answer is not being written any more.")
+
+    async def show_conversation(self, conversation_id: uuid.UUID) -> None:
+        """Send the history, then the live frames of its running answer, if any."""
+        assert self.owner is not None
+        # Join the group before reading: every frame published after the read
+        # is queued for us, and ``chat_frame`` trims what the read already had.
+        await self.watch(conversation_id)
+        try:
+            conversation, messages = await store.load_conversation(self.owner, conversation_id)
+        except ClientError:
+            await self.unwatch(on_disconnect=False)
+            raise
+        self.positions.clear()
+        self.finished.clear()
+        payloads = []
+        to_render: list[tuple[int, str]] = []
+        for message in messages:
+            mid = str(message.id)
+            if message.status == Message.Statuses.STREAMING:
+                running = registry.get(message.id)
+                if running is not None:
+                    message.content, message.reasoning = running.text, running.reasoning
+                self.positions[mid] = len(message.content)
+                self.positions[mid + ":r"] = len(message.reasoning)
+            else:
+                self.finished.add(mid)
+                if message.role == Message.Roles.ASSISTANT:
+                    to_render.append((len(payloads), message.content))
+            payloads.append(message_payload(message))
+        for position, html in zip(
+            (i for i, _ in to_render), await _render_all([t for _, t in to_render]), strict=True
+        ):
+            payloads[position]["html"] = html
+        await self.send_frame(
+            {
+                "type": "history",
+                "conversation": conversation_payload(conversation),
+                "messages": payloads,
+            }
+        )
+
+    # Group membership -------------------------------------------------------
+
+    async def watch(self, conversation_id: uuid.UUID) -> None:
+        if self.watching == conversation_id:
+            return
+        if self.watching is not None:
+            await self.unwatch(on_disconnect=False)
+        self.watching = conversation_id
+        self.positions.clear()
+        self.finished.clear()
+        registry.watch(conversation_id, self.channel_name)
+        await self.channel_layer.group_add(group_name(conversation_id), self.channel_name)
+
+    async def unwatch(self, *, on_disconnect: bool) -> None:
+        conversation_id, self.watching = self.watching, None
+        if conversation_id is None:
+            return
+        await self.channel_layer.group_discard(group_name(conversation_id), self.channel_name)
+        registry.unwatch(conversation_id, self.channel_name, on_disconnect=on_disconnect)
+
+    # Group frames -----------------------------------------------------------
+
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        """Forward one published frame, exactly once and in order, if it is ours to show."""
+        frame = event["frame"]
+        kind = frame["type"]
+        if kind == "delta" or kind == "reasoning":
+            key = frame["message"] if kind == "delta" else frame["message"] + ":r"
+            have = self.positions.get(key)
+            if have is None:
+                return  # an answer of a conversation this socket no longer shows
+            index, text = frame["index"], frame["text"]
+            end = index + len(text)
+            if end <= have:
+                return  # already sent (in the history, or a duplicate)
+            if index > have and kind == "delta":
+                have = await self.resync(frame["message"], have)
+                if end <= have:
+                    return
+            if index < have:
+                frame = {**frame, "index": have, "text": text[have - index :]}
+            self.positions[key] = end
+        elif kind == "message":
+            message = frame["message"]
+            if message["conversation"] != str(self.watching):
+                return
+            if message["status"] == "streaming":
+                self.positions.setdefault(message["id"], 0)
+                self.positions.setdefault(message["id"] + ":r", 0)
+        elif kind == "done":
+            mid = frame["message"]
+            if frame["conversation"] != str(self.watching) or mid in self.finished:
+                return
+            if mid in self.positions and self.positions[mid] < frame["length"]:
+                await self.resync(mid, self.positions[mid])
+            self.finished.add(mid)
+            self.positions.pop(mid, None)
+            self.positions.pop(mid + ":r", None)
+        await self.send_frame(frame)
+
+    async def resync(self, message_id: str, have: int) -> int:
+        """Send what this socket missed of an answer (a dropped frame); return its new position."""
+        running = registry.get(uuid.UUID(message_id))
+        if running is not None:
+            text = running.text
+        else:
+            assert self.owner is not None
+            stored = await store.load_message(self.owner, uuid.UUID(message_id))
+            text = stored.content if stored is not None else ""
+        if len(text) > have:
+            await self.send_frame(
+                {"type": "delta", "message": message_id, "index": have, "text": text[have:]}
+            )
+            have = len(text)
+        else:
+            logger.warning("Cannot fill a gap in message %s at %d", message_id, have)
+        self.positions[message_id] = have
+        return have
+
+
+async def _render_all(texts: list[str]) -> list[str]:
+    if not texts:
+        return []
+    return await sync_to_async(lambda: [render_markdown(t) for t in texts], thread_sensitive=False)()

@@ -1,0 +1,113 @@
+"""One class per failure, each with the stable ``code`` sent to the browser and stored.
+
+Upstream errors carry a ``detail`` written for the person chatting; it never
+contains the API key (``redact`` removes it from anything the upstream echoes).
+"""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base class of every error the chat app raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ClientError(ChatError):
+    """Raised when a browser frame is malformed or not allowed; answered with an ``error`` frame."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class UpstreamError(ChatError):
+    """Raised when the model server fails; the answer is stored as ``failed``."""
+
+    code = "upstream_error"
+    #: Safe to try again before any token arrived (nothing was generated or billed twice).
+    retryable = False
+
+    def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class UpstreamAuthError(UpstreamError):
+    """Raised when the upstream answers 401 or 403: the API key was rejected."""
+
+    code = "upstream_auth"
+
+
+class UpstreamNotFound(UpstreamError):
+    """Raised when the upstream answers 404, usually an unknown model name."""
+
+    code = "model_not_found"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """Raised when the upstream answers 429; ``retry_after`` is in seconds when it said."""
+
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(
+        self, detail: str, *, status_code: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Raised when the upstream answers with a 5xx status."""
+
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamRejected(UpstreamError):
+    """Raised when the upstream answers another 4xx status (bad request, context too long...)."""
+
+    code = "upstream_rejected"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Raised when no connection could be made (refused, DNS failure, TLS failure)."""
+
+    code = "upstream_unreachable"
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    """Raised when the upstream sends no byte for longer than ``CHAT_READ_TIMEOUT``."""
+
+    code = "upstream_timeout"
+
+
+class UpstreamDisconnected(UpstreamError):
+    """Raised when the upstream connection breaks before the answer is finished."""
+
+    code = "upstream_disconnected"
+
+
+class UpstreamStreamError(UpstreamError):
+    """Raised when the stream itself carries an ``error`` object."""
+
+    code = "upstream_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """Raised when the upstream sends something that is not an OpenAI chunk stream."""
+
+    code = "upstream_garbage"
+
+
+def redact(text: str, secret: str) -> str:
+    """Return ``text`` without ``secret``: upstream error bodies may echo the key."""
+    if secret and secret in text:
+        text = text.replace(secret, "[redacted]")
+    return text

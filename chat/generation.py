@@ -1,0 +1,290 @@
+"""One answer's life, apart from any socket: upstream events → store → frames to watchers.
+
+A ``Generation`` is started by a consumer but owned by the process-wide
+``registry``: it keeps running, checkpointing and publishing to its
+conversation's channel-layer group whoever watches (or stops watching) it.
+Every delta frame carries ``index``, the position of its first character in
+the whole answer (in code points), so watchers can drop what they already have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from chat import store
+from chat.conf import conf
+from chat.exceptions import UpstreamError
+from chat.protocol import DoneFrame, ErrorInfo, FinalStatus
+from chat.rendering import render_markdown
+from chat.upstream import Answer, UpstreamConfig, stream_answer
+
+logger = logging.getLogger(__name__)
+
+StopReason = Literal["user", "disconnected"]
+
+
+def group_name(conversation_id: uuid.UUID | str) -> str:
+    """The channel-layer group of everyone watching a conversation."""
+    return f"chat.conversation.{conversation_id}"
+
+
+async def render(text: str) -> str:
+    """Render Markdown off the event loop: a long answer takes milliseconds."""
+    return await sync_to_async(render_markdown, thread_sensitive=False)(text) if text else ""
+
+
+class Generation:
+    """Streams one assistant message from the upstream to its conversation's group."""
+
+    def __init__(
+        self,
+        *,
+        message_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        owner_key: str,
+        history: Sequence[Mapping[str, str]],
+        config: UpstreamConfig,
+        checkpoint_interval: float,
+        layer: BaseChannelLayer | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.conversation_id = conversation_id
+        self.owner_key = owner_key
+        self.history = history
+        self.config = config
+        self.checkpoint_interval = checkpoint_interval
+        self.layer = layer or get_channel_layer()
+        self.group = group_name(conversation_id)
+        self.answer = Answer()
+        self.length = 0  # code points of answer text so far
+        self.stop_reason: StopReason | None = None
+        self._id = str(message_id)
+        self._parts: list[str] = []
+        self._reasoning: list[str] = []
+        self._reasoning_length = 0
+        self._started = 0.0
+        self._first_token: float | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._last_checkpoint = 0.0
+        self._publish_lock = asyncio.Lock()
+
+    @property
+    def text(self) -> str:
+        """The answer so far, exactly as streamed."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def stop(self, reason: StopReason = "user") -> None:
+        """Close the upstream now; the partial answer is saved as ``stopped``."""
+        if self.stop_reason is not None:
+            return
+        if self._pump is None:  # not started yet: run() will not even open the request
+            self.stop_reason = reason
+        elif not self._pump.done():
+            self.stop_reason = reason
+            self._pump.cancel()
+
+    async def run(self) -> None:
+        """Stream the answer to the end, then store and announce how it ended."""
+        self._started = self._last_checkpoint = time.monotonic()
+        if self.stop_reason is not None:
+            await self._finish("stopped", None)
+            return
+        self._pump = asyncio.create_task(self._stream())
+        status: FinalStatus = "complete"
+        error: UpstreamError | None = None
+        try:
+            await self._pump
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The process is shutting down: save what we have, then let it go.
+                self._pump.cancel()
+                await self._finish("interrupted", None)
+                raise
+            status = "stopped"
+        except UpstreamError as exc:
+            status, error = "failed", exc
+        except Exception as exc:
+            logger.exception("Generation of message %s crashed", self.message_id)
+            status, error = "failed", UpstreamError(f"The answer failed unexpectedly ({exc!r}).")
+        await self._finish(status, error)
+
+    async def _stream(self) -> None:
+        async for content, reasoning in stream_answer(self.config, self.history, self.answer):
+            if content:
+                if self._first_token is None:
+                    self._first_token = time.monotonic()
+                index = self.length
+                self._parts.append(content)
+                self.length += len(content)
+                await self.publish({"type": "delta", "message": self._id, "index": index, "text": content})
+            if reasoning:
+                index = self._reasoning_length
+                self._reasoning.append(reasoning)
+                self._reasoning_length += len(reasoning)
+                await self.publish(
+                    {"type": "reasoning", "message": self._id, "index": index, "text": reasoning}
+                )
+            now = time.monotonic()
+            if now - self._last_checkpoint >= self.checkpoint_interval:
+                self._last_checkpoint = now
+                self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        # Off the hot path: the stream keeps flowing while the row is written,
+        # and a slow database skips checkpoints instead of queueing them.
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = asyncio.create_task(
+                store.save_checkpoint(self.message_id, self.text, self.reasoning)
+            )
+
+    async def publish(self, frame: Mapping[str, Any]) -> None:
+        # One publisher at a time keeps frames in order on every channel layer.
+        async with self._publish_lock:
+            await self.layer.group_send(self.group, {"type": "chat.frame", "frame": frame})
+
+    async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
+        ended = time.monotonic()
+        if self._checkpoint is not None:
+            await asyncio.wait({self._checkpoint})  # superseded by the final write below
+            if not self._checkpoint.cancelled() and self._checkpoint.exception() is not None:
+                logger.warning(
+                    "A checkpoint of message %s failed",
+                    self.message_id,
+                    exc_info=self._checkpoint.exception(),
+                )
+        error_info: ErrorInfo | None = (
+            {"code": error.code, "detail": error.detail} if error is not None else None
+        )
+        if status == "stopped" and self.stop_reason == "disconnected":
+            error_info = {
+                "code": "client_disconnected",
+                "detail": "Stopped because the last page showing this answer was closed.",
+            }
+        text = self.text
+        try:
+            await self._save(status, text, error_info, ended)
+        except Exception:
+            # Watchers must still learn how the answer ended; the row stays
+            # ``streaming`` and is swept as interrupted later.
+            logger.exception("Could not save the end of message %s", self.message_id)
+        answer = self.answer
+        done: DoneFrame = {
+            "type": "done",
+            "message": self._id,
+            "conversation": str(self.conversation_id),
+            "status": status,
+            "length": self.length,
+            "finish_reason": answer.finish_reason,
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.total_tokens,
+            },
+            "error": error_info,
+            "html": await render(text),
+            "refusal": answer.refusal,
+        }
+        await self.publish(done)
+
+    async def _save(
+        self, status: FinalStatus, text: str, error_info: ErrorInfo | None, ended: float
+    ) -> None:
+        answer = self.answer
+        first = None if self._first_token is None else self._first_token - self._started
+        await store.finish_message(
+            self.message_id,
+            self.conversation_id,
+            content=text,
+            reasoning=self.reasoning,
+            refusal=answer.refusal,
+            tool_calls=answer.tool_calls,
+            status=status,
+            finish_reason=answer.finish_reason or "",
+            error_code=error_info["code"] if error_info else "",
+            error_detail=error_info["detail"] if error_info else "",
+            model=answer.model or self.config.model,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            total_tokens=answer.total_tokens,
+            upstream_request_id=answer.request_id[:200],
+            time_to_first_token=store.as_duration(first),
+            duration=store.as_duration(ended - self._started),
+        )
+
+
+class Registry:
+    """The generations running in this process, and which sockets watch which conversation."""
+
+    def __init__(self) -> None:
+        self._by_message: dict[uuid.UUID, Generation] = {}
+        self._by_conversation: dict[uuid.UUID, Generation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: dict[uuid.UUID, set[str]] = {}
+
+    def start(self, generation: Generation) -> asyncio.Task[None]:
+        self._by_message[generation.message_id] = generation
+        self._by_conversation[generation.conversation_id] = generation
+        task = asyncio.create_task(generation.run(), name=f"chat-generation-{generation.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._forget(generation, t))
+        return task
+
+    def _forget(self, generation: Generation, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._by_message.pop(generation.message_id, None)
+        if self._by_conversation.get(generation.conversation_id) is generation:
+            del self._by_conversation[generation.conversation_id]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Generation task failed", exc_info=task.exception())
+
+    def get(self, message_id: uuid.UUID) -> Generation | None:
+        return self._by_message.get(message_id)
+
+    def running_in(self, conversation_id: uuid.UUID) -> Generation | None:
+        return self._by_conversation.get(conversation_id)
+
+    def watch(self, conversation_id: uuid.UUID, channel_name: str) -> None:
+        self._watchers.setdefault(conversation_id, set()).add(channel_name)
+
+    def unwatch(self, conversation_id: uuid.UUID, channel_name: str, *, on_disconnect: bool) -> None:
+        """Forget a watcher; on a disconnect of the last one, apply ``CHAT_ON_DISCONNECT``."""
+        watchers = self._watchers.get(conversation_id)
+        if watchers is not None:
+            watchers.discard(channel_name)
+            if watchers:
+                return
+            del self._watchers[conversation_id]
+        if on_disconnect:
+            generation = self.running_in(conversation_id)
+            if generation is not None and conf.CHAT_ON_DISCONNECT == "stop":
+                generation.stop("disconnected")
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        return frozenset(self._tasks)
+
+    async def shutdown(self) -> None:
+        """Interrupt every running generation and wait until each has saved its text."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+registry = Registry()

@@ -1,0 +1,137 @@
+"""Conversations and their messages: what was asked, what was answered, and how it ran."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+Role = Literal["system", "user", "assistant"]
+Status = Literal["streaming", "complete", "stopped", "failed", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who is chatting: a signed-in user, or (when allowed) an anonymous browser session."""
+
+    user_id: int | None
+    session_key: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"user:{self.user_id}" if self.user_id is not None else f"session:{self.session_key}"
+
+
+class ConversationQuerySet(models.QuerySet["Conversation"]):
+    def owned_by(self, owner: Owner) -> ConversationQuerySet:
+        """Only ``owner``'s conversations: every lookup by id from a browser goes through here."""
+        if owner.user_id is not None:
+            return self.filter(owner_id=owner.user_id)
+        if owner.session_key:
+            return self.filter(owner=None, session_key=owner.session_key)
+        return self.none()
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="chat_conversations",
+        help_text="The user who owns this conversation; empty for an anonymous session.",
+    )
+    session_key = models.CharField(
+        max_length=40,
+        blank=True,
+        default="",
+        help_text="The anonymous session that owns this conversation, when there is no owner.",
+    )
+    title = models.CharField(max_length=200, blank=True, default="")
+    model = models.CharField(
+        max_length=200, blank=True, default="", help_text="The model answers are requested from."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(
+        auto_now=True, db_index=True, help_text="Last activity: the last message started or saved."
+    )
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-updated_at",)
+        indexes = (
+            models.Index(fields=("owner", "-updated_at"), name="chat_conv_owner_recent"),
+            models.Index(
+                fields=("session_key", "-updated_at"),
+                name="chat_conv_session_recent",
+                condition=Q(owner=None),
+            ),
+        )
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.id}"
+
+
+class Message(models.Model):
+    class Roles(models.TextChoices):
+        SYSTEM = "system", "System"
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    class Statuses(models.TextChoices):
+        STREAMING = "streaming", "Streaming"
+        COMPLETE = "complete", "Complete"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+        INTERRUPTED = "interrupted", "Interrupted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Roles.choices)
+    content = models.TextField(blank=True, default="")
+    reasoning = models.TextField(
+        blank=True, default="", help_text="Reasoning the model streamed apart from its answer."
+    )
+    refusal = models.TextField(blank=True, default="", help_text="The model's refusal, if any.")
+    tool_calls = models.JSONField(
+        blank=True, default=list, help_text="Tool calls the model asked for (recorded, not run)."
+    )
+    status = models.CharField(
+        max_length=16, choices=Statuses.choices, default=Statuses.COMPLETE, db_index=True
+    )
+    finish_reason = models.CharField(
+        max_length=32, blank=True, default="", help_text="Why the upstream ended the answer."
+    )
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_detail = models.TextField(blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    upstream_request_id = models.CharField(
+        max_length=200, blank=True, default="", help_text="The upstream's x-request-id header."
+    )
+    time_to_first_token = models.DurationField(
+        null=True, blank=True, help_text="From the request sent upstream to the first token."
+    )
+    duration = models.DurationField(
+        null=True, blank=True, help_text="From the request sent upstream to the answer's end."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("created_at",)
+        indexes = (models.Index(fields=("conversation", "created_at"), name="chat_msg_conv_order"),)
+
+    def __str__(self) -> str:
+        text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"
+        return f"{self.get_role_display()}: {text}"

@@ -1,0 +1,184 @@
+"""The websocket protocol: client frames and their validation, server frame shapes.
+
+See ``docs/protocol.md``. Every client frame is untrusted: ``parse_client_frame``
+either returns a typed frame or raises ``ClientError`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+import orjson
+
+from chat.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from chat.models import Conversation, Message
+
+# Client -> server -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Start a turn: ``conversation`` None creates a conversation."""
+
+    conversation: uuid.UUID | None
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the generation of an assistant message."""
+
+    message: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Show a conversation: its history, then live frames of its running answer."""
+
+    conversation: uuid.UUID
+
+
+ClientFrame = Send | Stop | Watch
+
+
+def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
+    """Validate one text frame from the browser."""
+    # A frame may hold the content JSON-escaped (up to 6 bytes a character) plus
+    # a little envelope; anything longer is refused before it is parsed.
+    if len(raw) > max_chars * 6 + 1024:
+        raise ClientError("too_large", f"Frames are limited to {max_chars} characters of content.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ClientError("invalid_json", "The frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ClientError("invalid_frame", "A frame must be a JSON object with a 'type'.")
+    kind = data.get("type")
+    if kind == "send":
+        content = data.get("content")
+        if not isinstance(content, str):
+            raise ClientError("invalid_frame", "'content' must be a string.")
+        if not content.strip():
+            raise ClientError("empty_content", "The message is empty.")
+        if len(content) > max_chars:
+            raise ClientError(
+                "content_too_long",
+                f"The message is {len(content)} characters long; the limit is {max_chars}.",
+            )
+        return Send(conversation=_uuid(data, "conversation", optional=True), content=content)
+    if kind == "stop":
+        return Stop(message=_uuid(data, "message"))
+    if kind == "watch":
+        return Watch(conversation=_uuid(data, "conversation"))
+    raise ClientError(
+        "unknown_type", "The frame 'type' must be one of 'send', 'stop' or 'watch'."
+    )
+
+
+def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ClientError("invalid_frame", f"'{key}' must be an id string.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ClientError("invalid_frame", f"'{key}' is not a valid id.") from None
+
+
+# Server -> client -----------------------------------------------------------
+
+FinalStatus = Literal["complete", "stopped", "failed", "interrupted"]
+
+
+class ErrorInfo(TypedDict):
+    code: str
+    detail: str
+
+
+class UsageInfo(TypedDict):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+class DeltaFrame(TypedDict):
+    type: Literal["delta"]
+    message: str
+    index: int
+    text: str
+
+
+class ReasoningFrame(TypedDict):
+    type: Literal["reasoning"]
+    message: str
+    index: int
+    text: str
+
+
+class DoneFrame(TypedDict):
+    type: Literal["done"]
+    message: str
+    conversation: str
+    status: FinalStatus
+    length: int
+    finish_reason: str | None
+    usage: UsageInfo
+    error: ErrorInfo | None
+    html: str
+    refusal: str
+
+
+class ErrorFrame(TypedDict):
+    type: Literal["error"]
+    code: str
+    detail: str
+
+
+def error_frame(code: str, detail: str) -> ErrorFrame:
+    return {"type": "error", "code": code, "detail": detail}
+
+
+def dumps(frame: Any) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def conversation_payload(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "model": conversation.model,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+    }
+
+
+def message_payload(message: Message, *, html: str = "") -> dict[str, Any]:
+    """A stored message as the browser sees it; ``html`` is its rendered, sanitized answer."""
+    error: ErrorInfo | None = (
+        {"code": message.error_code, "detail": message.error_detail} if message.error_code else None
+    )
+    return {
+        "id": str(message.id),
+        "conversation": str(message.conversation_id),
+        "role": message.role,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "refusal": message.refusal,
+        "status": message.status,
+        "finish_reason": message.finish_reason or None,
+        "error": error,
+        "usage": {
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "total_tokens": message.total_tokens,
+        },
+        "model": message.model,
+        "created_at": message.created_at.isoformat(),
+        "html": html,
+    }

@@ -1,0 +1,151 @@
+"""The relay's database work, one call per step of an answer's life.
+
+Each function is synchronous and runs in Channels' database thread through
+``database_sync_to_async``; each does its step in one transaction, so a turn
+costs one thread hop to set up, one per checkpoint, and one to finish.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from chat.exceptions import ClientError
+from chat.models import Conversation, Message, Owner
+
+TITLE_WORDS = 8
+
+
+@dataclass(slots=True)
+class Turn:
+    """A started turn: the stored messages and the history to send upstream."""
+
+    conversation: Conversation
+    created: bool
+    user_message: Message
+    assistant_message: Message
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+def _not_found() -> ClientError:
+    # The same answer whether the id does not exist or belongs to someone else.
+    return ClientError("not_found", "No such conversation.")
+
+
+def title_from(content: str) -> str:
+    """A provisional title: the first words of the question."""
+    words = content.split()
+    title = " ".join(words[:TITLE_WORDS])
+    if len(words) > TITLE_WORDS:
+        title += "…"
+    return title[:200]
+
+
+@database_sync_to_async
+def start_turn(
+    owner: Owner,
+    conversation_id: uuid.UUID | None,
+    content: str,
+    *,
+    model: str,
+    system_prompt: str,
+) -> Turn:
+    """Store the user's message and an empty ``streaming`` answer; return the history."""
+    with transaction.atomic():
+        if conversation_id is None:
+            conversation = Conversation.objects.create(
+                owner_id=owner.user_id,
+                session_key="" if owner.user_id is not None else owner.session_key,
+                title=title_from(content),
+                model=model,
+            )
+            created = True
+            earlier: list[Message] = []
+        else:
+            # The row lock serializes two sends racing into one conversation.
+            conversation = (
+                Conversation.objects.owned_by(owner)
+                .select_for_update()
+                .filter(pk=conversation_id)
+                .first()
+            )
+            if conversation is None:
+                raise _not_found()
+            created = False
+            earlier = list(conversation.messages.all())
+            if any(m.status == Message.Statuses.STREAMING for m in earlier):
+                raise ClientError(
+                    "busy",
+                    "An answer is still being written in this conversation: "
+                    "stop it or wait for it to finish.",
+                )
+        user_message = Message.objects.create(
+            conversation=conversation, role=Message.Roles.USER, content=content
+        )
+        assistant_message = Message.objects.create(
+            conversation=conversation,
+            role=Message.Roles.ASSISTANT,
+            status=Message.Statuses.STREAMING,
+            model=model,
+        )
+        if not created:
+            conversation.save(update_fields=["updated_at"])
+    history = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    # Stopped and interrupted answers were seen by the user, so they are part of
+    # the context; empty ones (failed before a token) would only confuse the model.
+    history += [{"role": m.role, "content": m.content} for m in earlier if m.content]
+    history.append({"role": "user", "content": content})
+    return Turn(conversation, created, user_message, assistant_message, history)
+
+
+@database_sync_to_async
+def save_checkpoint(message_id: uuid.UUID, content: str, reasoning: str) -> None:
+    """Save the text streamed so far; only while the answer is still ``streaming``."""
+    Message.objects.filter(pk=message_id, status=Message.Statuses.STREAMING).update(
+        content=content, reasoning=reasoning, updated_at=timezone.now()
+    )
+
+
+@database_sync_to_async
+def finish_message(message_id: uuid.UUID, conversation_id: uuid.UUID, **fields: Any) -> None:
+    """Store an answer's final text, status, usage and timings."""
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(pk=message_id).update(updated_at=now, **fields)
+        Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
+
+
+@database_sync_to_async
+def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
+    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+    if conversation is None:
+        raise _not_found()
+    return conversation, list(conversation.messages.all())
+
+
+@database_sync_to_async
+def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
+    """``owner``'s message with this id, or None (also when it is someone else's)."""
+    return (
+        Message.objects.filter(
+            pk=message_id,
+            conversation__in=Conversation.objects.owned_by(owner),
+        )
+        .select_related(None)
+        .first()
+    )
+
+
+@database_sync_to_async
+def list_conversations(owner: Owner, *, limit: int = 100) -> list[Conversation]:
+    return list(Conversation.objects.owned_by(owner)[:limit])
+
+
+def as_duration(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)

@@ -1,0 +1,403 @@
+"""The OpenAI-compatible streaming request, its error mapping, and chunk interpretation.
+
+``stream_answer`` posts to ``{base_url}/chat/completions`` with ``stream: true``
+and yields, once per network read, the answer text and reasoning text that
+read added; everything else the chunks carry (finish reason, usage, refusal,
+tool calls) is collected on the ``Answer`` passed in. Failures raise the
+``UpstreamError`` subclasses of ``chat.exceptions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from chat.conf import conf
+from chat.exceptions import (
+    UpstreamAuthError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamStreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    redact,
+)
+from chat.sse import SSEDecoder, SSEError
+
+logger = logging.getLogger(__name__)
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    """Everything one request needs, read from settings once per answer."""
+
+    base_url: str
+    api_key: str
+    model: str
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 2
+    retry_backoff: float = 0.5
+    max_retry_after: float = 10.0
+    max_event_size: int = 4 * 1024 * 1024
+    headers: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, *, base_url: str | None = None) -> UpstreamConfig:
+        """Build from ``chat.conf``; ``base_url`` overrides it (the demo model's own URL)."""
+        return cls(
+            base_url=(base_url or conf.OPENAI_BASE_URL or "https://api.openai.com/v1").rstrip("/"),
+            api_key=conf.OPENAI_API_KEY,
+            model=conf.CHAT_MODEL,
+            connect_timeout=conf.CHAT_CONNECT_TIMEOUT,
+            read_timeout=conf.CHAT_READ_TIMEOUT,
+            max_retries=conf.CHAT_MAX_RETRIES,
+            retry_backoff=conf.CHAT_RETRY_BACKOFF,
+            max_retry_after=conf.CHAT_MAX_RETRY_AFTER,
+            max_event_size=conf.CHAT_MAX_EVENT_BYTES,
+            headers=conf.CHAT_UPSTREAM_HEADERS,
+            options=conf.CHAT_COMPLETION_OPTIONS,
+        )
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the chunks of one answer said, besides the text deltas yielded as they come."""
+
+    model: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    refusal: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    request_id: str = ""
+    done: bool = False  # the [DONE] sentinel arrived
+
+    def apply(self, payload: object) -> tuple[str, str]:
+        """Interpret one ``chat.completion.chunk``; return the (content, reasoning) it adds."""
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("The model server sent a chunk that is not a JSON object.")
+        error = payload.get("error")
+        if error:
+            raise UpstreamStreamError(_error_message(error) or "The model server reported an error.")
+        if model := payload.get("model"):
+            self.model = str(model)
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+            self.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+            self.total_tokens = _int_or_none(usage.get("total_tokens"))
+        # The usage chunk (stream_options.include_usage) and Azure's content-filter
+        # chunks have an empty ``choices`` list; only choice 0 is asked for (n=1).
+        choices = payload.get("choices")
+        if not choices or not isinstance(choices, list):
+            return "", ""
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise UpstreamProtocolError("The model server sent a malformed choice.")
+        if reason := choice.get("finish_reason"):
+            self.finish_reason = str(reason)
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return "", ""
+        content = delta.get("content")
+        # DeepSeek, vLLM and llama.cpp say reasoning_content; OpenRouter says reasoning.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if refusal := delta.get("refusal"):
+            self.refusal += str(refusal)
+        if tool_calls := delta.get("tool_calls"):
+            self._merge_tool_calls(tool_calls)
+        return (
+            content if isinstance(content, str) else "",
+            reasoning if isinstance(reasoning, str) else "",
+        )
+
+    def _merge_tool_calls(self, deltas: object) -> None:
+        # Tool calls stream as fragments keyed by "index"; arguments arrive in pieces.
+        if not isinstance(deltas, list):
+            return
+        for part in deltas:
+            if not isinstance(part, dict):
+                continue
+            index = part.get("index", 0)
+            index = index if isinstance(index, int) and 0 <= index < 128 else 0
+            while len(self.tool_calls) <= index:
+                self.tool_calls.append({"id": "", "type": "function", "name": "", "arguments": ""})
+            call = self.tool_calls[index]
+            if part.get("id"):
+                call["id"] = str(part["id"])
+            function = part.get("function")
+            if isinstance(function, dict):
+                if function.get("name"):
+                    call["name"] += str(function["name"])
+                if function.get("arguments"):
+                    call["arguments"] += str(function["arguments"])
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _error_message(error: object) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error.get("type") or "")
+    return str(error)
+
+
+# One pooled client per event loop: connections are reused across answers, and
+# a client must never be used from a loop other than the one it was made on.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_client() -> httpx.AsyncClient:
+    """Return this event loop's shared client, creating it on first use."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            # No cap on concurrent streams: each answer holds one connection for its
+            # whole life, and a pool limit would queue answers behind each other.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        _clients[loop] = client
+    return client
+
+
+async def aclose_client() -> None:
+    """Close this event loop's client, if any (on shutdown, and between tests)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def request_body(config: UpstreamConfig, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    return {
+        **config.options,
+        "model": config.model,
+        "messages": list(messages),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def stream_answer(
+    config: UpstreamConfig, messages: Sequence[Mapping[str, str]], answer: Answer
+) -> AsyncIterator[tuple[str, str]]:
+    """Yield ``(content, reasoning)`` added by each network read of the streamed answer.
+
+    Retries (with exponential backoff) happen only while opening the request,
+    that is before any token, and only for connect errors, 429 and 5xx.
+    Closing this generator (or cancelling its consumer) closes the upstream
+    response, and with it the connection: the upstream stops generating.
+    """
+    client = get_client()
+    headers = {"Accept": "text/event-stream", **config.headers}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout, read=config.read_timeout, write=config.read_timeout, pool=None
+    )
+    request = client.build_request(
+        "POST",
+        f"{config.base_url}/chat/completions",
+        content=orjson.dumps(request_body(config, messages)),
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=timeout,
+    )
+    attempt = 0
+    while True:
+        try:
+            response = await _open(client, request, config)
+            break
+        except UpstreamError as error:
+            delay = _retry_delay(error, attempt, config)
+            if delay is None:
+                raise
+            attempt += 1
+            logger.info("Retrying the upstream in %.2fs after %s", delay, error.code)
+            await asyncio.sleep(delay)
+    try:
+        answer.request_id = response.headers.get("x-request-id", "")
+        async for item in _read_events(response, config, answer):
+            yield item
+    finally:
+        await response.aclose()
+
+
+def _retry_delay(error: UpstreamError, attempt: int, config: UpstreamConfig) -> float | None:
+    if not error.retryable or attempt >= config.max_retries:
+        return None
+    delay = config.retry_backoff * (2**attempt)
+    if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
+        if error.retry_after > config.max_retry_after:
+            return None
+        delay = max(delay, error.retry_after)
+    return delay
+
+
+async def _open(
+    client: httpx.AsyncClient, request: httpx.Request, config: UpstreamConfig
+) -> httpx.Response:
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamUnreachable(
+            f"The model server at {config.base_url} did not answer in time."
+        ) from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+        raise UpstreamUnreachable(
+            f"Could not connect to the model server at {config.base_url}."
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise UpstreamUnreachable(
+            f"The model server at {config.base_url} closed the connection without answering."
+        ) from exc
+    if response.status_code != 200:
+        try:
+            raise await _status_error(response, config)
+        finally:
+            await response.aclose()
+    content_type = response.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        await response.aclose()
+        raise UpstreamProtocolError(
+            f"The model server answered with {content_type or 'no content type'!r} "
+            "instead of an event stream ('text/event-stream')."
+        )
+    return response
+
+
+async def _status_error(response: httpx.Response, config: UpstreamConfig) -> UpstreamError:
+    status = response.status_code
+    body = b""
+    try:
+        async for part in response.aiter_raw():
+            body += part
+            if len(body) >= ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError as exc:
+        # The status alone is enough to report; a broken error body adds nothing.
+        logger.debug("Could not read the upstream's HTTP %s error body: %r", status, exc)
+    said = _describe_body(body[:ERROR_BODY_LIMIT], response.headers.get("content-type", ""))
+    said = redact(said, config.api_key)
+    suffix = f" It said: {said}" if said else ""
+    if status in (401, 403):
+        return UpstreamAuthError(
+            f"The model server rejected the API key (HTTP {status}).{suffix}", status_code=status
+        )
+    if status == 404:
+        return UpstreamNotFound(
+            f"The model server does not know the model {config.model!r} (HTTP 404).{suffix}",
+            status_code=status,
+        )
+    if status == 429:
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        wait = f" Try again in {retry_after:.0f} s." if retry_after is not None else ""
+        return UpstreamRateLimited(
+            f"The model server is rate limiting requests (HTTP 429).{wait}{suffix}",
+            retry_after=retry_after,
+        )
+    if status >= 500:
+        return UpstreamUnavailable(
+            f"The model server failed (HTTP {status}).{suffix}", status_code=status
+        )
+    return UpstreamRejected(
+        f"The model server refused the request (HTTP {status}).{suffix}", status_code=status
+    )
+
+
+def _describe_body(body: bytes, content_type: str) -> str:
+    if not body:
+        return ""
+    if "html" in content_type or body.lstrip()[:1] == b"<":
+        return "an HTML error page."
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(parsed, dict) and parsed.get("error"):
+        return _error_message(parsed["error"])[:500]
+    return body[:300].decode("utf-8", "replace").strip()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+async def _read_events(
+    response: httpx.Response, config: UpstreamConfig, answer: Answer
+) -> AsyncIterator[tuple[str, str]]:
+    decoder = SSEDecoder(max_event_size=config.max_event_size)
+    loads = orjson.loads
+    try:
+        async for chunk in response.aiter_raw():
+            content: list[str] = []
+            reasoning: list[str] = []
+            for event in decoder.feed(chunk):
+                data = event.data
+                if data == "[DONE]":
+                    answer.done = True
+                    break
+                try:
+                    payload = loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise UpstreamProtocolError(
+                        "The model server sent a chunk that is not valid JSON."
+                    ) from exc
+                if event.event == "error":
+                    raise UpstreamStreamError(
+                        _error_message(payload.get("error", payload))
+                        if isinstance(payload, dict)
+                        else str(payload)
+                    )
+                text, thought = answer.apply(payload)
+                if text:
+                    content.append(text)
+                if thought:
+                    reasoning.append(thought)
+            if content or reasoning:
+                yield "".join(content), "".join(reasoning)
+            if answer.done:
+                return
+    except SSEError as exc:
+        raise UpstreamProtocolError(f"The model server sent an oversized event: {exc}.") from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(
+            f"The model server sent nothing for {config.read_timeout:g} s; the answer was cut off."
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise UpstreamDisconnected(
+            "The connection to the model server broke before the answer was finished."
+        ) from exc
+    if answer.finish_reason is None:
+        raise UpstreamDisconnected("The model server ended the stream before the answer was finished.")

@@ -1,0 +1,131 @@
+"""A turn end to end: a socket sends, the fake upstream streams, frames arrive, rows are saved."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from chat import store
+from chat.models import Conversation, Message
+from tests.conftest import API_KEY, Connect, rebuild
+from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_turn_streams_the_answer_and_saves_it(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    fake_upstream.script(stream(*completion(["Hel", "lo, ", "wörld", " 🌍!"])))
+    chat = await connect(user)
+
+    await chat.send("Say hello")
+    frames = await chat.receive_until("done")
+
+    kinds = [f["type"] for f in frames]
+    assert kinds[:3] == ["conversation", "message", "message"]
+    assert kinds[-1] == "done"
+    conversation, question, answer = frames[0], frames[1]["message"], frames[2]["message"]
+    assert question["role"] == "user" and question["content"] == "Say hello"
+    assert answer["role"] == "assistant" and answer["status"] == "streaming"
+    assert rebuild(frames) == "Hello, wörld 🌍!"
+    done = frames[-1]
+    assert done["status"] == "complete"
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert done["error"] is None
+    stored = await Message.objects.aget(pk=answer["id"])
+    assert stored.content == "Hello, wörld 🌍!"
+    assert stored.status == "complete"
+    assert stored.total_tokens == 12
+    assert stored.time_to_first_token is not None and stored.duration is not None
+    assert stored.upstream_request_id == "req-fake-1"
+    assert await Conversation.objects.filter(
+        pk=conversation["conversation"]["id"], owner=user
+    ).aexists()
+
+
+async def test_the_request_follows_the_openai_conventions(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_SYSTEM_PROMPT = "Be brief."
+    settings.CHAT_COMPLETION_OPTIONS = {"temperature": 0.2}
+    fake_upstream.script(stream(*completion(["One"])), stream(*completion(["Two"])))
+    chat = await connect(user)
+    await chat.send("first")
+    frames = await chat.receive_until("done")
+    conversation = frames[0]["conversation"]["id"]
+
+    await chat.send("second", conversation=conversation)
+    await chat.receive_until("done")
+
+    request = fake_upstream.requests[1]
+    assert request.method == "POST" and request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    body = request.json
+    assert body["model"] == "fake-model"
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.2
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "One"},
+        {"role": "user", "content": "second"},
+    ]
+
+
+async def test_the_first_delta_is_forwarded_before_the_upstream_finishes(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    release = asyncio.Event()
+    fake_upstream.script(stream(chunk("", role="assistant"), chunk("first"), Gate(release),
+                                *completion(["second"])[1:]))  # fmt: skip
+    chat = await connect(user)
+    await chat.send("go")
+
+    frames = await chat.receive_until("delta")
+    assert frames[-1]["text"] == "first" and frames[-1]["index"] == 0
+
+    release.set()
+    frames = await chat.receive_until("done")
+    assert rebuild(chat.frames) == "firstsecond"
+
+
+async def test_the_answer_is_checkpointed_while_streaming_at_most_once_per_interval(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any, monkeypatch: Any
+) -> None:
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.2
+    saved: list[str] = []
+    checkpointed = asyncio.Event()
+    original = store.save_checkpoint
+
+    async def recording_checkpoint(message_id: Any, content: str, reasoning: str) -> None:
+        await original(message_id, content, reasoning)
+        saved.append(content)
+        checkpointed.set()
+
+    monkeypatch.setattr(store, "save_checkpoint", recording_checkpoint)
+    # 30 reads over about 0.3 s, then the upstream goes quiet without finishing.
+    fake_upstream.script(stream(*completion([f"{i} " for i in range(30)], pace=0.01)[:-3], HANG))
+    chat = await connect(user)
+    await chat.send("go")
+    frames = await chat.receive_until("message")
+    frames = await chat.receive_until("message")
+    message_id = frames[-1]["message"]["id"]
+
+    await asyncio.wait_for(checkpointed.wait(), timeout=5)
+    stored = await Message.objects.aget(pk=message_id)
+    assert stored.status == "streaming"
+    assert stored.content == saved[0] and stored.content.startswith("0 1 ")
+
+    everything = "".join(f"{i} " for i in range(30))
+    while rebuild(chat.frames) != everything:
+        await chat.receive()
+    await chat.stop(message_id)
+    await chat.receive_until("done")
+    assert 1 <= len(saved) <= 3  # not one write per token
+    stored = await Message.objects.aget(pk=message_id)
+    assert stored.content == everything
