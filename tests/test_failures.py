@@ -1,0 +1,181 @@
+"""Upstream failures: the user gets a clear message, the answer keeps every character received."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from chat.models import Message
+from tests.conftest import API_KEY, Connect, rebuild
+from tests.fake_upstream import (
+    DONE,
+    HANG,
+    RESET,
+    FakeUpstream,
+    Pause,
+    Raw,
+    Reply,
+    chunk,
+    completion,
+    event,
+    html_error,
+    json_error,
+    stream,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PARTIAL = [chunk("", role="assistant"), chunk("Par"), chunk("tial")]
+
+
+async def run_turn(chat: Any) -> tuple[list[dict[str, Any]], Message]:
+    await chat.send("question")
+    frames = await chat.receive_until("done", timeout=10)
+    done = frames[-1]
+    return frames, await Message.objects.aget(pk=done["message"])
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "words"),
+    [
+        pytest.param(json_error(401, f"Incorrect API key provided: {API_KEY}"), "upstream_auth",
+                     "rejected the API key", id="401"),
+        pytest.param(json_error(403, "Forbidden"), "upstream_auth", "HTTP 403", id="403"),
+        pytest.param(json_error(404, "The model does not exist"), "model_not_found",
+                     "does not know the model 'fake-model'", id="404"),
+        pytest.param(json_error(400, "context_length_exceeded"), "upstream_rejected",
+                     "context_length_exceeded", id="400"),
+        pytest.param(json_error(429, "Slow down", {"retry-after": "3600"}), "rate_limited",
+                     "Try again in 3600 s", id="429-long-retry-after"),
+        pytest.param(
+            stream(headers={"content-type": "application/json"}), "upstream_garbage",
+            "instead of an event stream", id="not-an-event-stream"),
+    ],
+)  # fmt: skip
+async def test_an_error_status_fails_the_answer_with_a_clear_message(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, reply: Reply, code: str, words: str
+) -> None:
+    fake_upstream.script(reply)
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    done = frames[-1]
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == code
+    assert words in done["error"]["detail"]
+    assert API_KEY not in done["error"]["detail"]
+    assert (stored.status, stored.error_code, stored.content) == ("failed", code, "")
+    assert len(fake_upstream.requests) == 1  # not retried
+
+
+@pytest.mark.parametrize(
+    "first_failure",
+    [
+        pytest.param(json_error(429, "Slow down", {"retry-after": "0"}), id="429"),
+        pytest.param(json_error(500, "oops"), id="500"),
+        pytest.param(html_error(502), id="502-html"),
+        pytest.param(json_error(503, "overloaded"), id="503"),
+    ],
+)
+async def test_retryable_statuses_are_retried_before_the_first_token(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, first_failure: Reply
+) -> None:
+    fake_upstream.script(first_failure, stream(*completion(["recovered"])))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["status"] == "complete"
+    assert rebuild(frames) == "recovered" == stored.content
+    assert len(fake_upstream.requests) == 2
+
+
+async def test_a_5xx_that_persists_fails_after_the_retries(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_MAX_RETRIES = 2
+    fake_upstream.script(html_error(502), html_error(502), html_error(502))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_unavailable"
+    assert "HTTP 502" in frames[-1]["error"]["detail"]
+    assert "HTML error page" in frames[-1]["error"]["detail"]
+    assert len(fake_upstream.requests) == 3
+
+
+async def test_a_refused_connection_is_reported(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_unreachable"
+    assert "Could not connect" in frames[-1]["error"]["detail"]
+    assert stored.status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        pytest.param([*PARTIAL, RESET], "upstream_disconnected", id="reset-mid-stream"),
+        pytest.param([*PARTIAL, Raw(b"zz\r\nbroken")], "upstream_disconnected",
+                     id="truncated-chunk"),  # fmt: skip
+        pytest.param([*PARTIAL], "upstream_disconnected", id="ends-without-finish-or-done"),
+        pytest.param([*PARTIAL, event({"error": {"message": "Model crashed"}})],
+                     "upstream_error", id="error-object-in-stream"),  # fmt: skip
+        pytest.param([*PARTIAL, b"data: {not json\n\n"], "upstream_garbage", id="invalid-json"),
+        pytest.param([*PARTIAL, Pause(0.5), HANG], "upstream_timeout", id="stall"),
+    ],
+)
+async def test_a_stream_that_breaks_keeps_what_was_received(
+    connect: Connect,
+    fake_upstream: FakeUpstream,
+    user: Any,
+    settings: Any,
+    body: list[Any],
+    code: str,
+) -> None:
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_upstream.script(stream(*body))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    done = frames[-1]
+    assert (done["status"], done["error"]["code"]) == ("failed", code)
+    assert rebuild(frames) == "Partial" == stored.content
+    assert stored.status == "failed" and stored.error_code == code
+    assert len(fake_upstream.requests) == 1  # never retried after a token
+
+
+async def test_a_stream_without_done_but_with_a_finish_reason_is_complete(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    fake_upstream.script(stream(*completion(["All here"], done=False)))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["status"] == "complete" and stored.content == "All here"
+
+
+async def test_an_oversized_event_fails_cleanly(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_MAX_EVENT_BYTES = 64 * 1024
+    huge = b"data: " + b"x" * (1024 * 1024) + b"\n\n"
+    fake_upstream.script(stream(*PARTIAL, huge, DONE))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_garbage"
+    assert stored.content == "Partial"
+
+
+async def test_a_slow_first_byte_past_the_timeout_is_reported(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_READ_TIMEOUT = 0.2
+    settings.CHAT_MAX_RETRIES = 0
+    fake_upstream.script(Reply(delay=1.0, body=completion(["late"])))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_unreachable"
+    assert "did not answer in time" in frames[-1]["error"]["detail"]
