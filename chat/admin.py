@@ -39,6 +39,7 @@ class MessageInline(ReadOnlyMixin, admin.StackedInline):
         ("prompt_tokens", "completion_tokens", "total_tokens"),
         ("time_to_first_token", "duration", "created_at"),
     )
+    readonly_fields = ("created_at",)
 
 
 def _export_dict(conversation: Conversation) -> dict[str, Any]:
@@ -95,12 +96,18 @@ def _download(content: str, filename: str, content_type: str) -> HttpResponse:
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
-        "__str__", "owner", "model", "message_count", "tokens", "last_activity",
-    )  # fmt: skip
+        "__str__",
+        "owner",
+        "model",
+        "message_count",
+        "tokens",
+        "last_activity",
+    )
     list_filter = ("messages__status", "model", "created_at")
     search_fields = ("title", "messages__content", "owner__username")
     date_hierarchy = "updated_at"
     fields = (("title", "owner"), ("model", "session_key"), ("created_at", "updated_at"))
+    readonly_fields = ("created_at", "updated_at")
     inlines = (MessageInline,)
     actions = ("export_json", "export_markdown")
     list_select_related = ("owner",)
@@ -152,10 +159,18 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
 @admin.register(Message)
 class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
-        "__str__", "conversation", "role", "status", "model", "total_tokens",
-        "time_to_first_token", "duration", "created_at",
-    )  # fmt: skip
+        "__str__",
+        "conversation",
+        "role",
+        "status",
+        "model",
+        "total_tokens",
+        "time_to_first_token",
+        "duration",
+        "created_at",
+    )
     list_filter = ("status", "role", "model", "created_at")
     search_fields = ("content", "conversation__title")
+    readonly_fields = ("created_at", "updated_at")
     list_select_related = ("conversation",)
     date_hierarchy = "created_at"

@@ -23,7 +23,9 @@ def _positive_int(value: object) -> bool:
 
 
 @register(Tags.compatibility)
-def check_dependencies(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+def check_dependencies(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for app in ("channels", "django.contrib.auth", "django.contrib.sessions"):
         if not apps.is_installed(app):
@@ -34,7 +36,7 @@ def check_dependencies(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -
         errors.append(
             Error(
                 "ASGI_APPLICATION must be set: chat streams over Channels websockets.",
-                hint="Point it at your project's asgi.application, e.g. 'project.asgi.application'.",
+                hint="Point it at your project's asgi.application, e.g. 'mysite.asgi.application'.",
                 id="chat.E011",
             )
         )
@@ -46,8 +48,14 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     errors: list[CheckMessage] = []
     if not _positive_int(conf.CHAT_MAX_MESSAGE_CHARS):
         errors.append(Error("CHAT_MAX_MESSAGE_CHARS should be a positive integer.", id="chat.E001"))
-    for name in ("CHAT_CHECKPOINT_INTERVAL", "CHAT_CONNECT_TIMEOUT", "CHAT_READ_TIMEOUT",
-                 "CHAT_RETRY_BACKOFF", "CHAT_MAX_RETRY_AFTER", "CHAT_DEMO_TOKENS_PER_SECOND"):
+    for name in (
+        "CHAT_CHECKPOINT_INTERVAL",
+        "CHAT_CONNECT_TIMEOUT",
+        "CHAT_READ_TIMEOUT",
+        "CHAT_RETRY_BACKOFF",
+        "CHAT_MAX_RETRY_AFTER",
+        "CHAT_DEMO_TOKENS_PER_SECOND",
+    ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
     retries = conf.CHAT_MAX_RETRIES

@@ -23,7 +23,9 @@ class Settings:
 
     @property
     def OPENAI_API_KEY(self) -> str:
-        return str(getattr(settings, "OPENAI_API_KEY", None) or os.environ.get("OPENAI_API_KEY", ""))
+        return str(
+            getattr(settings, "OPENAI_API_KEY", None) or os.environ.get("OPENAI_API_KEY", "")
+        )
 
     @property
     def OPENAI_BASE_URL(self) -> str:

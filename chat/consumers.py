@@ -269,4 +269,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
 async def _render_all(texts: list[str]) -> list[str]:
     if not texts:
         return []
-    return await sync_to_async(lambda: [render_markdown(t) for t in texts], thread_sensitive=False)()
+    return await sync_to_async(
+        lambda: [render_markdown(t) for t in texts], thread_sensitive=False
+    )()

@@ -85,15 +85,19 @@ async def _stream(question: str, prompt_tokens: int) -> AsyncIterator[bytes]:
     delay = 1.0 / conf.CHAT_DEMO_TOKENS_PER_SECOND
     tokens = _TOKEN.findall(compose_answer(question))
     yield _chunk(
-        completion_id, created,
-        choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-    )  # fmt: skip
+        completion_id,
+        created,
+        choices=[
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        ],
+    )
     for token in tokens:
         await asyncio.sleep(delay)  # the pace of a model writing
         yield _chunk(
-            completion_id, created,
+            completion_id,
+            created,
             choices=[{"index": 0, "delta": {"content": token}, "finish_reason": None}],
-        )  # fmt: skip
+        )
     yield _chunk(
         completion_id, created, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]
     )
@@ -121,9 +125,7 @@ def completions(request: HttpRequest) -> HttpResponse:
     try:
         body = orjson.loads(request.body)
         messages = body["messages"]
-        question = next(
-            (m["content"] for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return _error(400, "Expected a JSON body with a 'messages' list.")
     if not isinstance(question, str):

@@ -132,7 +132,9 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                await self.publish({"type": "delta", "message": self._id, "index": index, "text": content})
+                await self.publish(
+                    {"type": "delta", "message": self._id, "index": index, "text": content}
+                )
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
@@ -240,7 +242,9 @@ class Registry:
     def start(self, generation: Generation) -> asyncio.Task[None]:
         self._by_message[generation.message_id] = generation
         self._by_conversation[generation.conversation_id] = generation
-        task = asyncio.create_task(generation.run(), name=f"chat-generation-{generation.message_id}")
+        task = asyncio.create_task(
+            generation.run(), name=f"chat-generation-{generation.message_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._forget(generation, t))
         return task
@@ -262,7 +266,9 @@ class Registry:
     def watch(self, conversation_id: uuid.UUID, channel_name: str) -> None:
         self._watchers.setdefault(conversation_id, set()).add(channel_name)
 
-    def unwatch(self, conversation_id: uuid.UUID, channel_name: str, *, on_disconnect: bool) -> None:
+    def unwatch(
+        self, conversation_id: uuid.UUID, channel_name: str, *, on_disconnect: bool
+    ) -> None:
         """Forget a watcher; on a disconnect of the last one, apply ``CHAT_ON_DISCONNECT``."""
         watchers = self._watchers.get(conversation_id)
         if watchers is not None:

@@ -74,9 +74,7 @@ def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
         return Stop(message=_uuid(data, "message"))
     if kind == "watch":
         return Watch(conversation=_uuid(data, "conversation"))
-    raise ClientError(
-        "unknown_type", "The frame 'type' must be one of 'send', 'stop' or 'watch'."
-    )
+    raise ClientError("unknown_type", "The frame 'type' must be one of 'send', 'stop' or 'watch'.")
 
 
 def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:

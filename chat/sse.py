@@ -110,12 +110,10 @@ class SSEDecoder:
                 raise SSEError(f"an event is larger than {self._max} characters")
         elif name == "event":
             self._event = value
-        elif name == "id":
-            if "\0" not in value:
-                self._last_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self._retry = int(value)
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
         # Any other field name is ignored.
         return None
 

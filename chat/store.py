@@ -122,7 +122,9 @@ def finish_message(message_id: uuid.UUID, conversation_id: uuid.UUID, **fields: 
 
 
 @database_sync_to_async
-def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
+def load_conversation(
+    owner: Owner, conversation_id: uuid.UUID
+) -> tuple[Conversation, list[Message]]:
     conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
     if conversation is None:
         raise _not_found()

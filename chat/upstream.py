@@ -97,7 +97,9 @@ class Answer:
             raise UpstreamProtocolError("The model server sent a chunk that is not a JSON object.")
         error = payload.get("error")
         if error:
-            raise UpstreamStreamError(_error_message(error) or "The model server reported an error.")
+            raise UpstreamStreamError(
+                _error_message(error) or "The model server reported an error."
+            )
         if model := payload.get("model"):
             self.model = str(model)
         usage = payload.get("usage")
@@ -216,7 +218,10 @@ async def stream_answer(
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"
     timeout = httpx.Timeout(
-        connect=config.connect_timeout, read=config.read_timeout, write=config.read_timeout, pool=None
+        connect=config.connect_timeout,
+        read=config.read_timeout,
+        write=config.read_timeout,
+        pool=None,
     )
     request = client.build_request(
         "POST",
@@ -400,4 +405,6 @@ async def _read_events(
             "The connection to the model server broke before the answer was finished."
         ) from exc
     if answer.finish_reason is None:
-        raise UpstreamDisconnected("The model server ended the stream before the answer was finished.")
+        raise UpstreamDisconnected(
+            "The model server ended the stream before the answer was finished."
+        )

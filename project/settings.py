@@ -27,7 +27,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
-    SECRET_KEY = "django-insecure-demo-key-for-local-development-only"  # noqa: S105
+    SECRET_KEY = "django-insecure-demo-key-for-local-development-only"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 CSRF_TRUSTED_ORIGINS = [
     origin for origin in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if origin
@@ -121,7 +121,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"chat": {"handlers": ["console"], "level": os.environ.get("CHAT_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "chat": {"handlers": ["console"], "level": os.environ.get("CHAT_LOG_LEVEL", "INFO")}
+    },
 }
 
 # The chat app's own settings (see README "Settings"); the defaults suit the demo.
@@ -129,3 +131,5 @@ if os.environ.get("CHAT_MODEL"):
     CHAT_MODEL = os.environ["CHAT_MODEL"]
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "")
 CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
+if os.environ.get("CHAT_DEMO_TOKENS_PER_SECOND"):
+    CHAT_DEMO_TOKENS_PER_SECOND = float(os.environ["CHAT_DEMO_TOKENS_PER_SECOND"])

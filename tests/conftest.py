@@ -69,6 +69,11 @@ def rebuild(frames: list[dict[str, Any]], message: str | None = None) -> str:
     return text
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 async def fake_upstream(settings: Any) -> AsyncIterator[FakeUpstream]:
     server = FakeUpstream()

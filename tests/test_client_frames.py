@@ -31,8 +31,11 @@ async def assert_still_serving(chat: ChatClient, fake_upstream: FakeUpstream) ->
         pytest.param('{"content": "hi"}', "unknown_type", id="missing-type"),
         pytest.param('{"type": "send", "content": 42}', "invalid_frame", id="content-not-string"),
         pytest.param('{"type": "send", "content": "   "}', "empty_content", id="blank-content"),
-        pytest.param('{"type": "send", "conversation": "x", "content": "hi"}', "invalid_frame",
-                     id="conversation-not-uuid"),  # fmt: skip
+        pytest.param(
+            '{"type": "send", "conversation": "x", "content": "hi"}',
+            "invalid_frame",
+            id="conversation-not-uuid",
+        ),
         pytest.param('{"type": "stop"}', "invalid_frame", id="stop-without-message"),
         pytest.param('{"type": "watch", "conversation": 7}', "invalid_frame", id="watch-number"),
     ],

@@ -40,20 +40,39 @@ async def run_turn(chat: Any) -> tuple[list[dict[str, Any]], Message]:
 @pytest.mark.parametrize(
     ("reply", "code", "words"),
     [
-        pytest.param(json_error(401, f"Incorrect API key provided: {API_KEY}"), "upstream_auth",
-                     "rejected the API key", id="401"),
-        pytest.param(json_error(403, "Forbidden"), "upstream_auth", "HTTP 403", id="403"),
-        pytest.param(json_error(404, "The model does not exist"), "model_not_found",
-                     "does not know the model 'fake-model'", id="404"),
-        pytest.param(json_error(400, "context_length_exceeded"), "upstream_rejected",
-                     "context_length_exceeded", id="400"),
-        pytest.param(json_error(429, "Slow down", {"retry-after": "3600"}), "rate_limited",
-                     "Try again in 3600 s", id="429-long-retry-after"),
         pytest.param(
-            stream(headers={"content-type": "application/json"}), "upstream_garbage",
-            "instead of an event stream", id="not-an-event-stream"),
+            json_error(401, f"Incorrect API key provided: {API_KEY}"),
+            "upstream_auth",
+            "rejected the API key",
+            id="401",
+        ),
+        pytest.param(json_error(403, "Forbidden"), "upstream_auth", "HTTP 403", id="403"),
+        pytest.param(
+            json_error(404, "The model does not exist"),
+            "model_not_found",
+            "does not know the model 'fake-model'",
+            id="404",
+        ),
+        pytest.param(
+            json_error(400, "context_length_exceeded"),
+            "upstream_rejected",
+            "context_length_exceeded",
+            id="400",
+        ),
+        pytest.param(
+            json_error(429, "Slow down", {"retry-after": "3600"}),
+            "rate_limited",
+            "Try again in 3600 s",
+            id="429-long-retry-after",
+        ),
+        pytest.param(
+            stream(headers={"content-type": "application/json"}),
+            "upstream_garbage",
+            "instead of an event stream",
+            id="not-an-event-stream",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_an_error_status_fails_the_answer_with_a_clear_message(
     connect: Connect, fake_upstream: FakeUpstream, user: Any, reply: Reply, code: str, words: str
 ) -> None:
@@ -95,7 +114,7 @@ async def test_a_5xx_that_persists_fails_after_the_retries(
     settings.CHAT_MAX_RETRIES = 2
     fake_upstream.script(html_error(502), html_error(502), html_error(502))
     chat = await connect(user)
-    frames, stored = await run_turn(chat)
+    frames, _ = await run_turn(chat)
     assert frames[-1]["error"]["code"] == "upstream_unavailable"
     assert "HTTP 502" in frames[-1]["error"]["detail"]
     assert "HTML error page" in frames[-1]["error"]["detail"]
@@ -120,11 +139,15 @@ async def test_a_refused_connection_is_reported(
     ("body", "code"),
     [
         pytest.param([*PARTIAL, RESET], "upstream_disconnected", id="reset-mid-stream"),
-        pytest.param([*PARTIAL, Raw(b"zz\r\nbroken")], "upstream_disconnected",
-                     id="truncated-chunk"),  # fmt: skip
+        pytest.param(
+            [*PARTIAL, Raw(b"zz\r\nbroken")], "upstream_disconnected", id="truncated-chunk"
+        ),
         pytest.param([*PARTIAL], "upstream_disconnected", id="ends-without-finish-or-done"),
-        pytest.param([*PARTIAL, event({"error": {"message": "Model crashed"}})],
-                     "upstream_error", id="error-object-in-stream"),  # fmt: skip
+        pytest.param(
+            [*PARTIAL, event({"error": {"message": "Model crashed"}})],
+            "upstream_error",
+            id="error-object-in-stream",
+        ),
         pytest.param([*PARTIAL, b"data: {not json\n\n"], "upstream_garbage", id="invalid-json"),
         pytest.param([*PARTIAL, Pause(0.5), HANG], "upstream_timeout", id="stall"),
     ],
@@ -176,6 +199,6 @@ async def test_a_slow_first_byte_past_the_timeout_is_reported(
     settings.CHAT_MAX_RETRIES = 0
     fake_upstream.script(Reply(delay=1.0, body=completion(["late"])))
     chat = await connect(user)
-    frames, stored = await run_turn(chat)
+    frames, _ = await run_turn(chat)
     assert frames[-1]["error"]["code"] == "upstream_unreachable"
     assert "did not answer in time" in frames[-1]["error"]["detail"]

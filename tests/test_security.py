@@ -23,11 +23,14 @@ async def test_a_cross_site_origin_is_refused(connect: Connect, user: Any) -> No
 async def test_an_anonymous_socket_is_told_to_log_in_and_closed(connect: Connect) -> None:
     chat = await connect(None)
     assert await chat.receive() == {
-        "type": "error", "code": "not_authenticated", "detail": "Log in to chat."
-    }  # fmt: skip
+        "type": "error",
+        "code": "not_authenticated",
+        "detail": "Log in to chat.",
+    }
     assert await chat.communicator.receive_output(timeout=1) == {
-        "type": "websocket.close", "code": 4401
-    }  # fmt: skip
+        "type": "websocket.close",
+        "code": 4401,
+    }
 
 
 async def test_anonymous_chat_is_an_explicit_opt_in(

@@ -41,16 +41,14 @@ def decode(*chunks: bytes) -> list[ServerSentEvent]:
             id="last-event-id-persists",
         ),
         pytest.param(b"id: a\0b\ndata: x\n\n", [ServerSentEvent("x")], id="id-with-null-ignored"),
-        pytest.param(
-            b"retry: 1500\ndata: x\n\n", [ServerSentEvent("x", retry=1500)], id="retry"
-        ),
+        pytest.param(b"retry: 1500\ndata: x\n\n", [ServerSentEvent("x", retry=1500)], id="retry"),
         pytest.param(b"retry: soon\ndata: x\n\n", [ServerSentEvent("x")], id="retry-not-digits"),
         pytest.param(b"foo: bar\ndata: x\n\n", [ServerSentEvent("x")], id="unknown-field"),
         pytest.param(b"\xef\xbb\xbfdata: x\n\n", [ServerSentEvent("x")], id="bom-stripped"),
+        pytest.param(b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\n", [], id="only-one-bom-stripped"),
         pytest.param(
-            b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\n", [], id="only-one-bom-stripped"
+            b"data: x\n\ndata: unfinished", [ServerSentEvent("x")], id="incomplete-dropped"
         ),
-        pytest.param(b"data: x\n\ndata: unfinished", [ServerSentEvent("x")], id="incomplete-dropped"),
         pytest.param(b"data: [DONE]\n\n", [ServerSentEvent("[DONE]")], id="done-is-data"),
         pytest.param(
             "data: h\u00e9 \u6f22 \U0001f600\n\n".encode(),
@@ -71,8 +69,10 @@ def test_events_follow_the_whatwg_rules(stream: bytes, expected: list[ServerSent
         pytest.param([b"data: a\r", b"\r"], id="cr-then-cr"),
         pytest.param([b"data: a\r\n\r", b"\ndata: b\r\n\r\n"], id="blank-crlf-split"),
         pytest.param([b"da", b"ta: ", b"a\n", b"\n"], id="field-split"),
-        pytest.param(["data: a\U0001f600".encode()[:-2], "\U0001f600".encode()[-2:], b"\n\n"],
-                     id="utf8-split-mid-character"),  # fmt: skip
+        pytest.param(
+            ["data: a\U0001f600".encode()[:-2], "\U0001f600".encode()[-2:], b"\n\n"],
+            id="utf8-split-mid-character",
+        ),
         pytest.param([b"\xef", b"\xbb\xbfdata: a\n\n"], id="bom-split"),
     ],
 )

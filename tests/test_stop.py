@@ -83,8 +83,15 @@ async def test_with_continue_an_answer_outlives_its_socket(
 ) -> None:
     settings.CHAT_ON_DISCONNECT = "continue"
     release = asyncio.Event()
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("Once upon"), chunk(" a time"),
-                                Gate(release), *completion([", the end."])[1:]))  # fmt: skip
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            chunk("Once upon"),
+            chunk(" a time"),
+            Gate(release),
+            *completion([", the end."])[1:],
+        )
+    )
     chat = await connect(user)
     answer_id = await start_hanging_answer(chat)
     await chat.communicator.disconnect()
@@ -105,8 +112,10 @@ async def test_another_users_answer_cannot_be_stopped(
     await intruder.stop(answer_id)
 
     assert await intruder.receive() == {
-        "type": "error", "code": "not_found", "detail": "No such message."
-    }  # fmt: skip
+        "type": "error",
+        "code": "not_found",
+        "detail": "No such message.",
+    }
     assert not fake_upstream.requests[0].client_closed.is_set()
     await chat.stop(answer_id)
     assert (await chat.receive_until("done"))[-1]["status"] == "stopped"

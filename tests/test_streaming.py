@@ -81,8 +81,11 @@ async def test_the_first_delta_is_forwarded_before_the_upstream_finishes(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("first"), Gate(release),
-                                *completion(["second"])[1:]))  # fmt: skip
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"), chunk("first"), Gate(release), *completion(["second"])[1:]
+        )
+    )
     chat = await connect(user)
     await chat.send("go")
 

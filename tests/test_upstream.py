@@ -58,8 +58,20 @@ def test_refusals_are_collected() -> None:
 
 def test_tool_call_fragments_are_assembled() -> None:
     answer = Answer()
-    answer.apply(choice({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                         "function": {"name": "get_weather", "arguments": ""}}]}))  # fmt: skip
+    answer.apply(
+        choice(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        )
+    )
     answer.apply(choice({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}))
     answer.apply(choice({"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}))
     assert answer.tool_calls == [

@@ -47,10 +47,17 @@ async def test_a_tab_opened_mid_answer_gets_every_character_exactly_once(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("Alpha "), chunk("beta "),
-                                Gate(release), *completion(["gamma ", "delta"])[1:]))  # fmt: skip
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            chunk("Alpha "),
+            chunk("beta "),
+            Gate(release),
+            *completion(["gamma ", "delta"])[1:],
+        )
+    )
     first = await connect(user)
-    conversation, answer = await first_turn(first)
+    conversation, _ = await first_turn(first)
     while rebuild(first.frames) != "Alpha beta ":
         await first.receive()
     second = await connect(user)
@@ -110,8 +117,11 @@ async def test_closing_one_of_two_tabs_does_not_stop_the_answer(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("still "), Gate(release),
-                                *completion(["going"])[1:]))  # fmt: skip
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"), chunk("still "), Gate(release), *completion(["going"])[1:]
+        )
+    )
     first = await connect(user)
     conversation, _ = await first_turn(first)
     second = await connect(user)
@@ -193,8 +203,11 @@ async def test_a_delta_published_while_the_history_is_read_is_not_shown_twice(
         return result
 
     monkeypatch.setattr(Generation, "publish", publish)
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("Alpha "), Gate(release),
-                                *completion(["beta "])[1:]))  # fmt: skip
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"), chunk("Alpha "), Gate(release), *completion(["beta "])[1:]
+        )
+    )
     first = await connect(user)
     conversation, _ = await first_turn(first)
     await first.receive_until("delta")

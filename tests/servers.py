@@ -1,0 +1,104 @@
+"""Real servers for end-to-end tests: the project under daphne, in its own process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
+
+
+@dataclass
+class Site:
+    url: str
+    ws_url: str
+    process: subprocess.Popen[str]
+
+
+def site_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh demo site with its own SQLite database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHAT_"))}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'site.sqlite3'}",
+        DJANGO_DEBUG="1",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+
+
+@contextmanager
+def daphne(env: dict[str, str], *, timeout: float = 20.0) -> Iterator[Site]:
+    """Serve the project with daphne on a free port; stop it afterwards."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-v",
+            "1",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "project.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + timeout
+        port = None
+        seen = []
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if match := LISTENING.search(line):
+                port = match.group(1)
+        if port is None:
+            raise RuntimeError("daphne did not start:\n" + "".join(seen))
+        yield Site(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        finally:
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+async def log_in(site: Site, username: str, password: str) -> str:
+    """Log in through the real login form; return the session cookie header value."""
+    async with httpx.AsyncClient(base_url=site.url) as client:
+        page = await client.get("/accounts/login/")
+        token = client.cookies["csrftoken"]
+        response = await client.post(
+            "/accounts/login/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+            headers={"Referer": site.url + "/accounts/login/"},
+        )
+        assert response.status_code == 302, page.text
+        return f"sessionid={client.cookies['sessionid']}"

@@ -1,0 +1,134 @@
+"""Transcripts in the admin: listed, searchable, filterable, exportable, staff only."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def transcript(user: Any) -> Conversation:
+    conversation = Conversation.objects.create(owner=user, title="Pasta plans", model="fake-model")
+    Message.objects.create(conversation=conversation, role="user", content="How long for pasta?")
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        content="About nine minutes.",
+        status="complete",
+        finish_reason="stop",
+        model="fake-model",
+        prompt_tokens=10,
+        completion_tokens=5,
+        total_tokens=15,
+        time_to_first_token=timedelta(milliseconds=120),
+        duration=timedelta(seconds=1.5),
+    )
+    Message.objects.create(conversation=conversation, role="user", content="And rice?")
+    Message.objects.create(
+        conversation=conversation, role="assistant", content="Rice takes", status="stopped"
+    )
+    return conversation
+
+
+@pytest.fixture
+def staff(admin_client: Client) -> Client:
+    return admin_client
+
+
+def test_conversations_are_listed_with_owner_counts_and_tokens(
+    staff: Client, transcript: Conversation
+) -> None:
+    page = staff.get(reverse("admin:chat_conversation_changelist")).content.decode()
+    assert "Pasta plans" in page and "alice" in page
+    assert '<td class="field-message_count">4</td>' in page
+    assert '<td class="field-tokens">15</td>' in page
+
+
+def test_the_transcript_is_shown_in_order_read_only(
+    staff: Client, transcript: Conversation
+) -> None:
+    response = staff.get(reverse("admin:chat_conversation_change", args=[transcript.pk]))
+    page = response.content.decode()
+    positions = [
+        page.index(text)
+        for text in ("How long for pasta?", "About nine minutes.", "And rice?", "Rice takes")
+    ]
+    assert positions == sorted(positions)
+    assert "Stopped" in page and "0:00:01.500000" in page
+    assert "<textarea" not in page  # nothing editable
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("q=nine+minutes", True),
+        ("q=lasagna", False),
+        ("messages__status__exact=stopped", True),
+        ("messages__status__exact=failed", False),
+        ("model=fake-model", True),
+    ],
+)
+def test_search_and_filters(
+    staff: Client, transcript: Conversation, query: str, found: bool
+) -> None:
+    page = staff.get(reverse("admin:chat_conversation_changelist") + "?" + query)
+    assert ("Pasta plans" in page.content.decode()) is found
+
+
+def test_export_as_json(staff: Client, transcript: Conversation) -> None:
+    response = staff.post(
+        reverse("admin:chat_conversation_changelist"),
+        {"action": "export_json", "_selected_action": [str(transcript.pk)]},
+    )
+    assert response["Content-Type"] == "application/json"
+    assert "attachment" in response["Content-Disposition"]
+    [exported] = json.loads(response.content)
+    assert exported["title"] == "Pasta plans" and exported["owner"] == "alice"
+    assert [m["content"] for m in exported["messages"]] == [
+        "How long for pasta?",
+        "About nine minutes.",
+        "And rice?",
+        "Rice takes",
+    ]
+    assert exported["messages"][1]["usage"]["total_tokens"] == 15
+    assert exported["messages"][3]["status"] == "stopped"
+
+
+def test_export_as_markdown(staff: Client, transcript: Conversation) -> None:
+    response = staff.post(
+        reverse("admin:chat_conversation_changelist"),
+        {"action": "export_markdown", "_selected_action": [str(transcript.pk)]},
+    )
+    text = response.content.decode()
+    assert response["Content-Type"].startswith("text/markdown")
+    assert text.startswith("# Pasta plans")
+    assert "## User\n\nHow long for pasta?" in text
+    assert "## Assistant (stopped)\n\nRice takes" in text
+
+
+def test_messages_are_searchable_and_filterable(staff: Client, transcript: Conversation) -> None:
+    url = reverse("admin:chat_message_changelist")
+    assert "Rice takes" in staff.get(url + "?status__exact=stopped").content.decode()
+    assert "Rice takes" not in staff.get(url + "?status__exact=complete").content.decode()
+    assert "About nine" in staff.get(url + "?q=nine").content.decode()
+
+
+def test_non_staff_users_cannot_read_transcripts(user: Any, transcript: Conversation) -> None:
+    client = Client()
+    client.force_login(user)
+    for url in (
+        reverse("admin:chat_conversation_changelist"),
+        reverse("admin:chat_conversation_change", args=[transcript.pk]),
+        reverse("admin:chat_message_changelist"),
+    ):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
