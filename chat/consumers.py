@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import demo, store
+from chat import demo, lifespan, store
 from chat.conf import conf
 from chat.exceptions import ClientError
 from chat.generation import Generation, group_name, registry
@@ -57,6 +57,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     watching: uuid.UUID | None = None
 
     async def connect(self) -> None:
+        lifespan.install_daphne_hook()
         self.owner = owner_of(self.scope)
         # Code points of each answer (and ":r" its reasoning) this socket already has.
         self.positions: dict[str, int] = {}

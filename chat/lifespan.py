@@ -1,0 +1,62 @@
+"""Clean shutdown: running answers are saved as ``interrupted``, the upstream client closed.
+
+Servers that speak the ASGI lifespan protocol (uvicorn, hypercorn) call
+``LifespanApp``; route ``"lifespan"`` to it in ``ProtocolTypeRouter``. Daphne
+has no lifespan protocol, so the first answer started under daphne hooks
+``shutdown`` into Twisted's "before shutdown" trigger instead (a SIGTERM or
+SIGINT then waits for running answers to be saved before the process exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from chat.generation import registry
+from chat.upstream import aclose_client
+
+logger = logging.getLogger(__name__)
+
+_daphne_hook_installed = False
+
+
+async def shutdown() -> None:
+    """Interrupt running answers (each saves its text), then close the upstream client."""
+    running = len(registry.tasks)
+    if running:
+        logger.info("Shutting down: saving %d running answer(s) as interrupted", running)
+    await registry.shutdown()
+    await aclose_client()
+
+
+class LifespanApp:
+    """An ASGI app for ``scope["type"] == "lifespan"``."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def install_daphne_hook() -> None:
+    """Under daphne's Twisted reactor, run ``shutdown`` before the reactor stops (once)."""
+    global _daphne_hook_installed
+    if _daphne_hook_installed or "daphne.server" not in sys.modules:
+        return
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return
+    from twisted.internet import defer
+
+    def before_shutdown() -> defer.Deferred[None]:
+        return defer.Deferred.fromFuture(asyncio.ensure_future(shutdown()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[attr-defined]
+    _daphne_hook_installed = True

@@ -1,0 +1,97 @@
+"""Shutting down: running answers are saved as interrupted, the upstream is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from chat.lifespan import LifespanApp, shutdown
+from chat.models import Message
+from tests.conftest import Connect, rebuild
+from tests.fake_upstream import HANG, FakeUpstream, chunk, stream
+from tests.servers import daphne, log_in, manage, site_environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_shutdown_saves_running_answers_as_interrupted(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    fake_upstream.script(
+        stream(chunk("", role="assistant"), chunk("Half an"), chunk(" answer"), HANG)
+    )
+    chat = await connect(user)
+    await chat.send("go")
+    while rebuild(chat.frames) != "Half an answer":
+        await chat.receive()
+    answer_id = next(
+        f["message"]["id"]
+        for f in chat.frames
+        if f["type"] == "message" and f["message"]["role"] == "assistant"
+    )
+
+    await shutdown()
+
+    done = (await chat.receive_until("done"))[-1]
+    assert done["status"] == "interrupted"
+    assert fake_upstream.requests[0].client_closed.is_set()
+    stored = await Message.objects.aget(pk=answer_id)
+    assert (stored.status, stored.content) == ("interrupted", "Half an answer")
+
+
+async def test_the_lifespan_app_runs_shutdown(monkeypatch: Any) -> None:
+    calls: list[str] = []
+
+    async def recording_shutdown() -> None:
+        calls.append("shutdown")
+
+    monkeypatch.setattr("chat.lifespan.shutdown", recording_shutdown)
+    incoming = asyncio.Queue[dict[str, str]]()
+    for kind in ("lifespan.startup", "lifespan.shutdown"):
+        incoming.put_nowait({"type": kind})
+    sent: list[dict[str, str]] = []
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message)
+
+    await LifespanApp()({"type": "lifespan"}, incoming.get, send)
+    assert calls == ["shutdown"]
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_stopping_daphne_mid_answer_keeps_the_partial_answer(tmp_path: Path) -> None:
+    env = site_environment(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="20")
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('dora', password='pw-dora-123')",
+    )
+    received = ""
+    with daphne(env) as site:
+        cookie = await log_in(site, "dora", "pw-dora-123")
+        async with websockets.connect(
+            site.ws_url + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": site.url}
+        ) as socket:
+            await socket.send(json.dumps({"type": "send", "conversation": None, "content": "hi"}))
+            while len(received) < 40:
+                frame = json.loads(await socket.recv())
+                if frame["type"] == "delta":
+                    received += frame["text"]
+            site.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(site.process.wait, 10)
+    with sqlite3.connect(tmp_path / "site.sqlite3") as db:
+        status, content = db.execute(
+            "SELECT status, content FROM chat_message WHERE role = 'assistant'"
+        ).fetchone()
+    assert status == "interrupted"
+    assert content.startswith(received)
