@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
 from django.db.models import Count, Max, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from chat.models import Conversation, Message
 
@@ -24,22 +27,6 @@ class ReadOnlyMixin:
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-class MessageInline(ReadOnlyMixin, admin.StackedInline):
-    model = Message
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    ordering = ("created_at",)
-    fields = (
-        ("role", "status", "finish_reason", "model"),
-        "content",
-        ("error_code", "error_detail"),
-        ("prompt_tokens", "completion_tokens", "total_tokens"),
-        ("time_to_first_token", "duration", "created_at"),
-    )
-    readonly_fields = ("created_at",)
 
 
 def _export_dict(conversation: Conversation) -> dict[str, Any]:
@@ -87,6 +74,27 @@ def _export_markdown(conversation: Conversation) -> str:
     return "\n".join(lines)
 
 
+def _outcome(message: Message) -> str:
+    if message.role != Message.Roles.ASSISTANT:
+        return ""
+    parts = [message.get_status_display()]
+    if message.finish_reason:
+        parts.append(f"({message.finish_reason})")
+    if message.error_code:
+        parts.append(f"— {message.error_code}: {message.error_detail}")
+    return " ".join(parts)
+
+
+def _tokens(message: Message) -> str:
+    if message.total_tokens is None:
+        return ""
+    return f"{message.prompt_tokens} / {message.completion_tokens} / {message.total_tokens}"
+
+
+def _seconds(value: timedelta | None) -> str:
+    return "" if value is None else f"{value.total_seconds():.3f} s"
+
+
 def _download(content: str, filename: str, content_type: str) -> HttpResponse:
     response = HttpResponse(content, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -106,9 +114,13 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ("messages__status", "model", "created_at")
     search_fields = ("title", "messages__content", "owner__username")
     date_hierarchy = "updated_at"
-    fields = (("title", "owner"), ("model", "session_key"), ("created_at", "updated_at"))
-    readonly_fields = ("created_at", "updated_at")
-    inlines = (MessageInline,)
+    fields = (
+        ("title", "owner"),
+        ("model", "session_key"),
+        ("created_at", "updated_at"),
+        "transcript",
+    )
+    readonly_fields = ("created_at", "updated_at", "transcript")
     actions = ("export_json", "export_markdown")
     list_select_related = ("owner",)
 
@@ -134,6 +146,35 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="last activity", ordering="last_activity")
     def last_activity(self, obj: Any) -> Any:
         return obj.last_activity or obj.updated_at
+
+    @admin.display(description="transcript")
+    def transcript(self, obj: Conversation) -> str:
+        """Every message in order, with how it ran; content is escaped, never rendered."""
+        rows = format_html_join(
+            "",
+            '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td>'
+            '<td style="white-space: pre-wrap; min-width: 30em; max-width: 60em">{}</td>'
+            "<td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    reverse("admin:chat_message_change", args=[m.pk]),
+                    m.get_role_display(),
+                    _outcome(m),
+                    m.content,
+                    _tokens(m),
+                    _seconds(m.time_to_first_token),
+                    _seconds(m.duration),
+                )
+                for m in obj.messages.all()
+            ),
+        )
+        return format_html(
+            '<table class="chat-transcript"><thead><tr><th>at</th><th>role</th><th>status</th>'
+            "<th>content</th><th>tokens (prompt / completion / total)</th>"
+            "<th>first token</th><th>duration</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
     @admin.action(description="Export selected conversations as JSON")
     def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:

@@ -63,7 +63,7 @@ def test_the_transcript_is_shown_in_order_read_only(
         for text in ("How long for pasta?", "About nine minutes.", "And rice?", "Rice takes")
     ]
     assert positions == sorted(positions)
-    assert "Stopped" in page and "0:00:01.500000" in page
+    assert "Stopped" in page and "1.500 s" in page and "10 / 5 / 15" in page
     assert "<textarea" not in page  # nothing editable
 
 
@@ -132,3 +132,13 @@ def test_non_staff_users_cannot_read_transcripts(user: Any, transcript: Conversa
     ):
         response = client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_message_text_is_escaped_in_the_transcript(staff: Client, user: Any) -> None:
+    conversation = Conversation.objects.create(owner=user, title="xss")
+    Message.objects.create(
+        conversation=conversation, role="assistant", content="<script>x</script>"
+    )
+    page = staff.get(reverse("admin:chat_conversation_change", args=[conversation.pk]))
+    assert "&lt;script&gt;x&lt;/script&gt;" in page.content.decode()
+    assert "<script>x</script>" not in page.content.decode()
