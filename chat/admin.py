@@ -102,7 +102,7 @@ def _download(content: str, filename: str, content_type: str) -> HttpResponse:
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "__str__",
         "owner",
@@ -125,14 +125,11 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ("owner",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                message_count=Count("messages"),
-                tokens=Sum("messages__total_tokens"),
-                last_activity=Max("messages__updated_at"),
-            )
+        queryset: QuerySet[Conversation] = super().get_queryset(request)
+        return queryset.annotate(
+            message_count=Count("messages"),
+            tokens=Sum("messages__total_tokens"),
+            last_activity=Max("messages__updated_at"),
         )
 
     @admin.display(description="messages", ordering="message_count")
@@ -198,7 +195,7 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "__str__",
         "conversation",

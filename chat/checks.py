@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +14,7 @@ from chat.conf import conf
 
 
 def _positive_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _positive_int(value: object) -> bool:

@@ -64,50 +64,50 @@ class Settings:
 
     @property
     def CHAT_MAX_MESSAGE_CHARS(self) -> int:
-        return getattr(settings, "CHAT_MAX_MESSAGE_CHARS", 32_000)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_MAX_MESSAGE_CHARS", 32_000)
 
     @property
     def CHAT_CHECKPOINT_INTERVAL(self) -> float:
         """Seconds between saves of a streaming answer's text."""
-        return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)
 
     @property
     def CHAT_ON_DISCONNECT(self) -> OnDisconnect:
         """What happens to a running answer when the last socket watching it closes."""
-        return getattr(settings, "CHAT_ON_DISCONNECT", "stop")  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_ON_DISCONNECT", "stop")
 
     @property
     def CHAT_CONNECT_TIMEOUT(self) -> float:
-        return getattr(settings, "CHAT_CONNECT_TIMEOUT", 10.0)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_CONNECT_TIMEOUT", 10.0)
 
     @property
     def CHAT_READ_TIMEOUT(self) -> float:
         """Seconds without a byte from the upstream before the answer is failed as stalled."""
-        return getattr(settings, "CHAT_READ_TIMEOUT", 60.0)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_READ_TIMEOUT", 60.0)
 
     @property
     def CHAT_MAX_RETRIES(self) -> int:
         """Retries before the first token, for connect errors, 429 and 5xx only."""
-        return getattr(settings, "CHAT_MAX_RETRIES", 2)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_MAX_RETRIES", 2)
 
     @property
     def CHAT_RETRY_BACKOFF(self) -> float:
         """First retry delay in seconds; doubles on each further retry."""
-        return getattr(settings, "CHAT_RETRY_BACKOFF", 0.5)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_RETRY_BACKOFF", 0.5)
 
     @property
     def CHAT_MAX_RETRY_AFTER(self) -> float:
         """Longest ``Retry-After`` honoured by waiting; a longer one fails the answer at once."""
-        return getattr(settings, "CHAT_MAX_RETRY_AFTER", 10.0)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_MAX_RETRY_AFTER", 10.0)
 
     @property
     def CHAT_MAX_EVENT_BYTES(self) -> int:
         """Largest single server-sent event accepted from the upstream (bounds memory)."""
-        return getattr(settings, "CHAT_MAX_EVENT_BYTES", 4 * 1024 * 1024)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_MAX_EVENT_BYTES", 4 * 1024 * 1024)
 
     @property
     def CHAT_DEMO_TOKENS_PER_SECOND(self) -> float:
-        return getattr(settings, "CHAT_DEMO_TOKENS_PER_SECOND", 40.0)  # type: ignore[no-any-return]
+        return getattr(settings, "CHAT_DEMO_TOKENS_PER_SECOND", 40.0)
 
 
 conf = Settings()

@@ -52,7 +52,7 @@ def owner_of(scope: dict[str, Any]) -> Owner | None:
     return None
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     owner: Owner | None = None
     watching: uuid.UUID | None = None
 
@@ -160,7 +160,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise
         self.positions.clear()
         self.finished.clear()
-        payloads = []
+        payloads: list[dict[str, Any]] = []
         to_render: list[tuple[int, str]] = []
         for message in messages:
             mid = str(message.id)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -118,7 +119,7 @@ def _error(status: int, message: str) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
-def completions(request: HttpRequest) -> HttpResponse:
+def completions(request: HttpRequest) -> HttpResponseBase:
     """``POST /v1/chat/completions`` of the demo model (streaming only)."""
     if not conf.demo_mode:
         return _error(404, "The demo model is off: a real model is configured.")

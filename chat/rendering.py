@@ -81,7 +81,7 @@ def _markdown() -> MarkdownIt:
 def render_markdown(text: str) -> str:
     """Render ``text`` (Markdown from a model) to HTML that is safe to insert in the page."""
     html = _markdown().render(text)
-    return nh3.clean(
+    clean: str = nh3.clean(
         html,
         tags=ALLOWED_TAGS,
         attributes=ALLOWED_ATTRIBUTES,
@@ -89,3 +89,4 @@ def render_markdown(text: str) -> str:
         link_rel="noopener noreferrer nofollow",
         filter_style_properties={"text-align"},
     )
+    return clean

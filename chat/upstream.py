@@ -253,7 +253,7 @@ async def stream_answer(
 def _retry_delay(error: UpstreamError, attempt: int, config: UpstreamConfig) -> float | None:
     if not error.retryable or attempt >= config.max_retries:
         return None
-    delay = config.retry_backoff * (2**attempt)
+    delay: float = config.retry_backoff * (2**attempt)
     if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
         if error.retry_after > config.max_retry_after:
             return None
@@ -352,9 +352,10 @@ def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        pass
+        pass  # not a number of seconds: an HTTP date, then
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        moment: float = parsedate_to_datetime(value).timestamp()
+        return max(0.0, moment - time.time())
     except (TypeError, ValueError):
         return None
 
