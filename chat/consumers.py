@@ -2,15 +2,18 @@
 
 The consumer never runs an answer itself: ``receive`` stores the turn, hands
 the ``Generation`` to the process-wide registry and returns at once, so a
-``stop`` is handled while the answer streams. Frames from the conversation's
-group pass through ``chat_frame``, which keeps each answer exactly-once on
-this socket by its ``index``.
+``stop`` is handled while the answer streams. Frames of the watched
+conversation arrive through ``deliver`` into an outbox that this socket's own
+sender task drains, in order, exactly once by ``index``, merging what piled up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
+from collections import deque
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,12 +22,14 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from chat import demo, lifespan, store
 from chat.conf import conf
 from chat.exceptions import ClientError
-from chat.generation import Generation, group_name, registry
+from chat.fanout import Frame, hub
+from chat.generation import Generation, registry
 from chat.models import Message, Owner
 from chat.protocol import (
     Send,
     Stop,
     Watch,
+    coalesce,
     conversation_payload,
     dumps,
     error_frame,
@@ -53,6 +58,8 @@ def owner_of(scope: dict[str, Any]) -> Owner | None:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
+    # Frames reach sockets through chat.fanout, not through a channel per socket.
+    channel_layer_alias = None
     owner: Owner | None = None
     watching: uuid.UUID | None = None
 
@@ -62,15 +69,24 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         # Code points of each answer (and ":r" its reasoning) this socket already has.
         self.positions: dict[str, int] = {}
         self.finished: set[str] = set()
+        self.outbox: deque[Frame] = deque()
+        self.wake = asyncio.Event()
         await self.accept()
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
             await self.send_frame(error_frame("not_authenticated", "Log in to chat."))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            return
+        self.sender = asyncio.create_task(self.send_loop(), name="chat-socket-sender")
 
     async def disconnect(self, code: int) -> None:
         if self.watching is not None:
-            await self.unwatch(on_disconnect=True)
+            self.unwatch(on_disconnect=True)
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
 
     async def send_frame(self, frame: Any) -> None:
         await self.send(text_data=dumps(frame))
@@ -104,9 +120,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             system_prompt=conf.CHAT_SYSTEM_PROMPT,
         )
         conversation_id = turn.conversation.id
-        await self.watch(conversation_id)
+        self.watch(conversation_id)
         if turn.created:
-            await self.send_frame(
+            self.deliver(
                 {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
             )
         generation = Generation(
@@ -116,13 +132,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             history=turn.history,
             config=config,
             checkpoint_interval=conf.CHAT_CHECKPOINT_INTERVAL,
-            layer=self.channel_layer,
         )
-        # Through the group, so that every tab on this conversation sees the new turn.
-        await generation.publish({"type": "message", "message": message_payload(turn.user_message)})
-        await generation.publish(
-            {"type": "message", "message": message_payload(turn.assistant_message)}
-        )
+        # Published, so that every tab on this conversation sees the new turn.
+        generation.publish({"type": "message", "message": message_payload(turn.user_message)})
+        generation.publish({"type": "message", "message": message_payload(turn.assistant_message)})
         registry.start(generation)
 
     def upstream_config(self) -> UpstreamConfig:
@@ -150,18 +163,24 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def show_conversation(self, conversation_id: uuid.UUID) -> None:
         """Send the history, then the live frames of its running answer, if any."""
         assert self.owner is not None
-        # Join the group before reading: every frame published after the read
-        # is queued for us, and ``chat_frame`` trims what the read already had.
-        await self.watch(conversation_id)
+        # Watch before reading: frames published from now on are queued for us,
+        # and the sender drops what the history below already contains.
+        self.watch(conversation_id)
         try:
             conversation, messages = await store.load_conversation(self.owner, conversation_id)
         except ClientError:
-            await self.unwatch(on_disconnect=False)
+            self.unwatch(on_disconnect=False)
             raise
+        finished = [m for m in messages if m.status != Message.Statuses.STREAMING]
+        rendered = await _render_all(
+            [m.content for m in finished if m.role == Message.Roles.ASSISTANT]
+        )
+        # From here on nothing awaits: the snapshot, the positions and the queued
+        # history frame agree with each other and with every frame queued after.
+        html = iter(rendered)
         self.positions.clear()
         self.finished.clear()
         payloads: list[dict[str, Any]] = []
-        to_render: list[tuple[int, str]] = []
         for message in messages:
             mid = str(message.id)
             if message.status == Message.Statuses.STREAMING:
@@ -170,16 +189,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                     message.content, message.reasoning = running.text, running.reasoning
                 self.positions[mid] = len(message.content)
                 self.positions[mid + ":r"] = len(message.reasoning)
+                payloads.append(message_payload(message))
             else:
                 self.finished.add(mid)
-                if message.role == Message.Roles.ASSISTANT:
-                    to_render.append((len(payloads), message.content))
-            payloads.append(message_payload(message))
-        for position, html in zip(
-            (i for i, _ in to_render), await _render_all([t for _, t in to_render]), strict=True
-        ):
-            payloads[position]["html"] = html
-        await self.send_frame(
+                is_answer = message.role == Message.Roles.ASSISTANT
+                payloads.append(message_payload(message, html=next(html) if is_answer else ""))
+        self.deliver(
             {
                 "type": "history",
                 "conversation": conversation_payload(conversation),
@@ -187,31 +202,43 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             }
         )
 
-    # Group membership -------------------------------------------------------
+    # Watching ---------------------------------------------------------------
 
-    async def watch(self, conversation_id: uuid.UUID) -> None:
+    def watch(self, conversation_id: uuid.UUID) -> None:
         if self.watching == conversation_id:
             return
         if self.watching is not None:
-            await self.unwatch(on_disconnect=False)
+            self.unwatch(on_disconnect=False)
         self.watching = conversation_id
         self.positions.clear()
         self.finished.clear()
-        registry.watch(conversation_id, self.channel_name)
-        await self.channel_layer.group_add(group_name(conversation_id), self.channel_name)
+        hub.subscribe(conversation_id, self)
 
-    async def unwatch(self, *, on_disconnect: bool) -> None:
+    def unwatch(self, *, on_disconnect: bool) -> None:
         conversation_id, self.watching = self.watching, None
         if conversation_id is None:
             return
-        await self.channel_layer.group_discard(group_name(conversation_id), self.channel_name)
-        registry.unwatch(conversation_id, self.channel_name, on_disconnect=on_disconnect)
+        if hub.unsubscribe(conversation_id, self) == 0 and on_disconnect:
+            registry.abandoned(conversation_id)
 
-    # Group frames -----------------------------------------------------------
+    def deliver(self, frame: Frame) -> None:
+        """Queue a frame for this socket (called by the fan-out; never blocks)."""
+        self.outbox.append(frame)
+        self.wake.set()
 
-    async def chat_frame(self, event: dict[str, Any]) -> None:
-        """Forward one published frame, exactly once and in order, if it is ours to show."""
-        frame = event["frame"]
+    async def send_loop(self) -> None:
+        """Drain the outbox in order; what piled up meanwhile goes out as fewer frames."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.outbox:
+                frames = list(self.outbox)
+                self.outbox.clear()
+                for frame in coalesce(frames):
+                    await self.forward(frame)
+
+    async def forward(self, frame: Frame) -> None:
+        """Send one frame if it is ours to show, trimmed to what this socket lacks."""
         kind = frame["type"]
         if kind == "delta" or kind == "reasoning":
             key = frame["message"] if kind == "delta" else frame["message"] + ":r"
@@ -248,7 +275,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.send_frame(frame)
 
     async def resync(self, message_id: str, have: int) -> int:
-        """Send what this socket missed of an answer (a dropped frame); return its new position."""
+        """Send what this socket missed of an answer; return its new position."""
         running = registry.get(uuid.UUID(message_id))
         if running is not None:
             text = running.text

@@ -1,8 +1,8 @@
 """One answer's life, apart from any socket: upstream events → store → frames to watchers.
 
 A ``Generation`` is started by a consumer but owned by the process-wide
-``registry``: it keeps running, checkpointing and publishing to its
-conversation's channel-layer group whoever watches (or stops watching) it.
+``registry``: it keeps running, checkpointing and publishing its frames to
+whoever watches its conversation (``chat.fanout``), whoever stops watching.
 Every delta frame carries ``index``, the position of its first character in
 the whole answer (in code points), so watchers can drop what they already have.
 """
@@ -14,14 +14,14 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from asgiref.sync import sync_to_async
-from channels.layers import BaseChannelLayer, get_channel_layer
 
 from chat import store
 from chat.conf import conf
 from chat.exceptions import UpstreamError
+from chat.fanout import Frame, hub
 from chat.protocol import DoneFrame, ErrorInfo, FinalStatus
 from chat.rendering import render_markdown
 from chat.upstream import Answer, UpstreamConfig, stream_answer
@@ -31,18 +31,13 @@ logger = logging.getLogger(__name__)
 StopReason = Literal["user", "disconnected"]
 
 
-def group_name(conversation_id: uuid.UUID | str) -> str:
-    """The channel-layer group of everyone watching a conversation."""
-    return f"chat.conversation.{conversation_id}"
-
-
 async def render(text: str) -> str:
     """Render Markdown off the event loop: a long answer takes milliseconds."""
     return await sync_to_async(render_markdown, thread_sensitive=False)(text) if text else ""
 
 
 class Generation:
-    """Streams one assistant message from the upstream to its conversation's group."""
+    """Streams one assistant message from the upstream to everyone watching its conversation."""
 
     def __init__(
         self,
@@ -53,7 +48,6 @@ class Generation:
         history: Sequence[Mapping[str, str]],
         config: UpstreamConfig,
         checkpoint_interval: float,
-        layer: BaseChannelLayer | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
@@ -61,8 +55,6 @@ class Generation:
         self.history = history
         self.config = config
         self.checkpoint_interval = checkpoint_interval
-        self.layer = layer or get_channel_layer()
-        self.group = group_name(conversation_id)
         self.answer = Answer()
         self.length = 0  # code points of answer text so far
         self.stop_reason: StopReason | None = None
@@ -75,7 +67,6 @@ class Generation:
         self._pump: asyncio.Task[None] | None = None
         self._checkpoint: asyncio.Task[None] | None = None
         self._last_checkpoint = 0.0
-        self._publish_lock = asyncio.Lock()
 
     @property
     def text(self) -> str:
@@ -132,14 +123,14 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                await self.publish(
+                self.publish(
                     {"type": "delta", "message": self._id, "index": index, "text": content}
                 )
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
-                await self.publish(
+                self.publish(
                     {"type": "reasoning", "message": self._id, "index": index, "text": reasoning}
                 )
             now = time.monotonic()
@@ -155,10 +146,8 @@ class Generation:
                 store.save_checkpoint(self.message_id, self.text, self.reasoning)
             )
 
-    async def publish(self, frame: Mapping[str, Any]) -> None:
-        # One publisher at a time keeps frames in order on every channel layer.
-        async with self._publish_lock:
-            await self.layer.group_send(self.group, {"type": "chat.frame", "frame": frame})
+    def publish(self, frame: Frame) -> None:
+        hub.publish(self.conversation_id, frame)
 
     async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
         ended = time.monotonic()
@@ -202,7 +191,7 @@ class Generation:
             "html": await render(text),
             "refusal": answer.refusal,
         }
-        await self.publish(done)
+        self.publish(done)
 
     async def _save(
         self, status: FinalStatus, text: str, error_info: ErrorInfo | None, ended: float
@@ -231,13 +220,12 @@ class Generation:
 
 
 class Registry:
-    """The generations running in this process, and which sockets watch which conversation."""
+    """The generations running in this process."""
 
     def __init__(self) -> None:
         self._by_message: dict[uuid.UUID, Generation] = {}
         self._by_conversation: dict[uuid.UUID, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watchers: dict[uuid.UUID, set[str]] = {}
 
     def start(self, generation: Generation) -> asyncio.Task[None]:
         self._by_message[generation.message_id] = generation
@@ -263,23 +251,11 @@ class Registry:
     def running_in(self, conversation_id: uuid.UUID) -> Generation | None:
         return self._by_conversation.get(conversation_id)
 
-    def watch(self, conversation_id: uuid.UUID, channel_name: str) -> None:
-        self._watchers.setdefault(conversation_id, set()).add(channel_name)
-
-    def unwatch(
-        self, conversation_id: uuid.UUID, channel_name: str, *, on_disconnect: bool
-    ) -> None:
-        """Forget a watcher; on a disconnect of the last one, apply ``CHAT_ON_DISCONNECT``."""
-        watchers = self._watchers.get(conversation_id)
-        if watchers is not None:
-            watchers.discard(channel_name)
-            if watchers:
-                return
-            del self._watchers[conversation_id]
-        if on_disconnect:
-            generation = self.running_in(conversation_id)
-            if generation is not None and conf.CHAT_ON_DISCONNECT == "stop":
-                generation.stop("disconnected")
+    def abandoned(self, conversation_id: uuid.UUID) -> None:
+        """The last socket watching this conversation closed: apply ``CHAT_ON_DISCONNECT``."""
+        generation = self.running_in(conversation_id)
+        if generation is not None and conf.CHAT_ON_DISCONNECT == "stop":
+            generation.stop("disconnected")
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:

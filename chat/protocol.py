@@ -7,6 +7,7 @@ either returns a typed frame or raises ``ClientError`` with a stable code.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -180,3 +181,25 @@ def message_payload(message: Message, *, html: str = "") -> dict[str, Any]:
         "created_at": message.created_at.isoformat(),
         "html": html,
     }
+
+
+def coalesce(frames: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Merge runs of contiguous deltas (or reasoning) of one message into one frame each.
+
+    A socket that fell behind sends what piled up as few frames as it can; the
+    ``index`` contract holds, since only frames that follow on exactly are merged.
+    """
+    merged: list[Mapping[str, Any]] = []
+    for frame in frames:
+        kind = frame["type"]
+        if merged and kind in ("delta", "reasoning"):
+            last = merged[-1]
+            if (
+                last["type"] == kind
+                and last["message"] == frame["message"]
+                and last["index"] + len(last["text"]) == frame["index"]
+            ):
+                merged[-1] = {**last, "text": last["text"] + frame["text"]}
+                continue
+        merged.append(frame)
+    return merged

@@ -1,0 +1,28 @@
+"""The benchmark's own correctness: a tiny run where every stream arrives with the exact text."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.servers import ROOT
+
+
+def test_a_tiny_benchmark_run_delivers_every_stream_exactly(tmp_path: Path) -> None:
+    output, raw = tmp_path / "results.md", tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--relays", "direct,django-daphne,bare-python",
+         "--output", str(output), "--json", str(raw)],
+        cwd=ROOT, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    results = json.loads(raw.read_text())
+    streamed = [r for r in results if r["tokens"] or r["errors"]]
+    assert {r["relay"] for r in streamed} == {"direct", "django-daphne", "bare-python"}
+    for result in results:
+        assert result["errors"] == 0, result
+        assert result["completed"] == result["streams"], result
+    daphne = [r for r in results if r["relay"] == "django-daphne" and r["latency_p50_ms"]]
+    assert daphne and daphne[0]["db_writes"] is not None
+    assert "| django-daphne |" in output.read_text()
