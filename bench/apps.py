@@ -10,7 +10,7 @@ WRITES = {"count": 0}
 
 def count_writes(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
     if sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
-        WRITES["count"] += 1
+        WRITES["count"] += len(params) if many else 1  # rows of an executemany
     return execute(sql, params, many, context)
 
 

@@ -131,7 +131,6 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             owner_key=self.owner.key,
             history=turn.history,
             config=config,
-            checkpoint_interval=conf.CHAT_CHECKPOINT_INTERVAL,
         )
         # Published, so that every tab on this conversation sees the new turn.
         generation.publish({"type": "message", "message": message_payload(turn.user_message)})

@@ -47,14 +47,12 @@ class Generation:
         owner_key: str,
         history: Sequence[Mapping[str, str]],
         config: UpstreamConfig,
-        checkpoint_interval: float,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_key = owner_key
         self.history = history
         self.config = config
-        self.checkpoint_interval = checkpoint_interval
         self.answer = Answer()
         self.length = 0  # code points of answer text so far
         self.stop_reason: StopReason | None = None
@@ -65,8 +63,7 @@ class Generation:
         self._started = 0.0
         self._first_token: float | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._checkpoint: asyncio.Task[None] | None = None
-        self._last_checkpoint = 0.0
+        self.saved = (0, 0)  # (answer, reasoning) lengths in the last checkpoint
 
     @property
     def text(self) -> str:
@@ -91,7 +88,7 @@ class Generation:
 
     async def run(self) -> None:
         """Stream the answer to the end, then store and announce how it ended."""
-        self._started = self._last_checkpoint = time.monotonic()
+        self._started = time.monotonic()
         if self.stop_reason is not None:
             await self._finish("stopped", None)
             return
@@ -133,32 +130,20 @@ class Generation:
                 self.publish(
                     {"type": "reasoning", "message": self._id, "index": index, "text": reasoning}
                 )
-            now = time.monotonic()
-            if now - self._last_checkpoint >= self.checkpoint_interval:
-                self._last_checkpoint = now
-                self._start_checkpoint()
 
-    def _start_checkpoint(self) -> None:
-        # Off the hot path: the stream keeps flowing while the row is written,
-        # and a slow database skips checkpoints instead of queueing them.
-        if self._checkpoint is None or self._checkpoint.done():
-            self._checkpoint = asyncio.create_task(
-                store.save_checkpoint(self.message_id, self.text, self.reasoning)
-            )
+    def checkpoint(self) -> store.Checkpoint | None:
+        """What to save of this answer now, or None if nothing changed since the last save."""
+        lengths = (self.length, self._reasoning_length)
+        if lengths == self.saved:
+            return None
+        self.saved = lengths
+        return (self.message_id, self.text, self.reasoning)
 
     def publish(self, frame: Frame) -> None:
         hub.publish(self.conversation_id, frame)
 
     async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
         ended = time.monotonic()
-        if self._checkpoint is not None:
-            await asyncio.wait({self._checkpoint})  # superseded by the final write below
-            if not self._checkpoint.cancelled() and self._checkpoint.exception() is not None:
-                logger.warning(
-                    "A checkpoint of message %s failed",
-                    self.message_id,
-                    exc_info=self._checkpoint.exception(),
-                )
         error_info: ErrorInfo | None = (
             {"code": error.code, "detail": error.detail} if error is not None else None
         )
@@ -226,6 +211,7 @@ class Registry:
         self._by_message: dict[uuid.UUID, Generation] = {}
         self._by_conversation: dict[uuid.UUID, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._checkpointer: asyncio.Task[None] | None = None
 
     def start(self, generation: Generation) -> asyncio.Task[None]:
         self._by_message[generation.message_id] = generation
@@ -235,6 +221,10 @@ class Registry:
         )
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._forget(generation, t))
+        if self._checkpointer is None:
+            self._checkpointer = asyncio.create_task(
+                self._checkpoint_loop(), name="chat-checkpoints"
+            )
         return task
 
     def _forget(self, generation: Generation, task: asyncio.Task[None]) -> None:
@@ -242,8 +232,28 @@ class Registry:
         self._by_message.pop(generation.message_id, None)
         if self._by_conversation.get(generation.conversation_id) is generation:
             del self._by_conversation[generation.conversation_id]
+        if not self._by_message and self._checkpointer is not None:
+            self._checkpointer.cancel()
+            self._checkpointer = None
         if not task.cancelled() and task.exception() is not None:
             logger.error("Generation task failed", exc_info=task.exception())
+
+    async def _checkpoint_loop(self) -> None:
+        """Save every running answer's new text, all in one transaction, once an interval.
+
+        One database call an interval for the whole process, however many
+        answers run: a new turn's setup never queues behind hundreds of checkpoints.
+        """
+        while True:
+            await asyncio.sleep(conf.CHAT_CHECKPOINT_INTERVAL)
+            rows = [row for g in self._by_message.values() if (row := g.checkpoint()) is not None]
+            if not rows:
+                continue
+            try:
+                await store.save_checkpoints(rows)
+            except Exception:
+                # The next checkpoint or the final save writes the text again.
+                logger.exception("Could not checkpoint %d running answer(s)", len(rows))
 
     def get(self, message_id: uuid.UUID) -> Generation | None:
         return self._by_message.get(message_id)
@@ -259,7 +269,11 @@ class Registry:
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:
-        return frozenset(self._tasks)
+        """Every task the registry owns: the answers, and the checkpointer while any runs."""
+        tasks = set(self._tasks)
+        if self._checkpointer is not None:
+            tasks.add(self._checkpointer)
+        return frozenset(tasks)
 
     async def shutdown(self) -> None:
         """Interrupt every running generation and wait until each has saved its text."""

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from chat.exceptions import ClientError
@@ -114,12 +114,32 @@ def start_turn(
     return Turn(conversation, created, user_message, assistant_message, history)
 
 
+Checkpoint = tuple[uuid.UUID, str, str]  # message id, answer so far, reasoning so far
+
+
 @in_db_thread
-def save_checkpoint(message_id: uuid.UUID, content: str, reasoning: str) -> None:
-    """Save the text streamed so far; only while the answer is still ``streaming``."""
-    Message.objects.filter(pk=message_id, status=Message.Statuses.STREAMING).update(
-        content=content, reasoning=reasoning, updated_at=timezone.now()
+def save_checkpoints(rows: list[Checkpoint]) -> None:
+    """Save the text of many streaming answers in one transaction.
+
+    One ``executemany`` rather than an ORM update per answer: this runs every
+    interval for every running answer in the process. Only rows still
+    ``streaming`` are touched, so a checkpoint never overwrites a final save.
+    """
+    field = Message._meta.get_field
+    id_field, updated_field = Message._meta.pk, field("updated_at")
+    assert isinstance(id_field, models.UUIDField) and isinstance(updated_field, models.Field)
+    q = connection.ops.quote_name
+    sql = (
+        f"UPDATE {q(Message._meta.db_table)} SET {q('content')} = %s, {q('reasoning')} = %s, "
+        f"{q('updated_at')} = %s WHERE {q('id')} = %s AND {q('status')} = %s"
     )
+    now = updated_field.get_db_prep_value(timezone.now(), connection)
+    params = [
+        (text, reasoning, now, id_field.get_db_prep_value(mid, connection), "streaming")
+        for mid, text, reasoning in rows
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 @in_db_thread
