@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -77,6 +78,13 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         errors.append(Error("CHAT_COMPLETION_OPTIONS should be a dict.", id="chat.E006"))
     if not isinstance(getattr(settings, "CHAT_UPSTREAM_HEADERS", {}), dict):
         errors.append(Error("CHAT_UPSTREAM_HEADERS should be a dict.", id="chat.E007"))
+    ca_bundle = conf.CHAT_UPSTREAM_CA_BUNDLE
+    if ca_bundle and not os.path.isfile(ca_bundle):
+        errors.append(
+            Error(
+                f"CHAT_UPSTREAM_CA_BUNDLE should be a file; {ca_bundle!r} is not.", id="chat.E009"
+            )
+        )
     if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):
         errors.append(Error("CHAT_MAX_EVENT_BYTES should be a positive integer.", id="chat.E008"))
     if conf.CHAT_ALLOW_ANONYMOUS and conf.OPENAI_API_KEY:

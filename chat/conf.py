@@ -58,6 +58,11 @@ class Settings:
         return dict(getattr(settings, "CHAT_UPSTREAM_HEADERS", {}))
 
     @property
+    def CHAT_UPSTREAM_CA_BUNDLE(self) -> str:
+        """A CA bundle file for an upstream whose certificate a private CA signed."""
+        return str(getattr(settings, "CHAT_UPSTREAM_CA_BUNDLE", ""))
+
+    @property
     def CHAT_ALLOW_ANONYMOUS(self) -> bool:
         """Off by default: an open endpoint spends someone's API credits."""
         return bool(getattr(settings, "CHAT_ALLOW_ANONYMOUS", False))

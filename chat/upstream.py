@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import orjson
 
+from chat import network
 from chat.conf import conf
 from chat.exceptions import (
     UpstreamAuthError,
@@ -176,12 +178,15 @@ def get_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
-        client = httpx.AsyncClient(
+        ca_bundle = conf.CHAT_UPSTREAM_CA_BUNDLE
+        transport = httpx.AsyncHTTPTransport(
             # No cap on concurrent streams: each answer holds one connection for its
             # whole life, and a pool limit would queue answers behind each other.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            follow_redirects=False,
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
         )
+        network.install(transport)
+        client = httpx.AsyncClient(transport=transport, follow_redirects=False)
         _clients[loop] = client
     return client
 

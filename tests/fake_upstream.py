@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -181,19 +182,22 @@ class FakeUpstream:
         self.idle = asyncio.Event()
         self.idle.set()
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}/v1"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{'localhost' if self._tls else host}:{port}/v1"
 
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def start(self, *, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=tls)
 
     async def close(self) -> None:
         if self._server is not None:

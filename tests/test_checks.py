@@ -56,3 +56,8 @@ def test_channels_must_be_installed(settings: Any) -> None:
 def test_an_asgi_application_is_required(settings: Any) -> None:
     del settings.ASGI_APPLICATION
     assert ids(check_dependencies(None)) == ["chat.E011"]
+
+
+def test_a_missing_ca_bundle_is_reported(settings: Any) -> None:
+    settings.CHAT_UPSTREAM_CA_BUNDLE = "/nonexistent/ca.pem"
+    assert ids(check_settings(None)) == ["chat.E009"]

@@ -1,6 +1,7 @@
 """The floor of our stack: a websocket relay with no Django (a yardstick, not product code).
 
-``websockets`` + ``httpx`` + the chat app's own SSE decoder + orjson, one delta
+``websockets`` + ``httpx`` (on the chat app's asyncio network backend) + the
+chat app's own SSE decoder + orjson, one delta
 frame per upstream network read, no auth, no database. It speaks the chat
 protocol's ``send`` → ``delta``/``done`` subset. Run:
 ``python -m bench.relays.bare --upstream http://127.0.0.1:PORT/v1``.
@@ -16,6 +17,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench.upstream import run
+from chat import network
 from chat.sse import SSEDecoder
 
 
@@ -57,7 +59,9 @@ async def relay(socket: ServerConnection, client: httpx.AsyncClient, upstream: s
 
 async def main(port: int, upstream: str) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    network.install(transport)  # the same asyncio network backend as the chat app
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
         server = await serve(
             lambda socket: relay(socket, client, upstream), "127.0.0.1", port, compression=None
         )
