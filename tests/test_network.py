@@ -80,3 +80,23 @@ async def test_an_untrusted_certificate_is_refused(
     await chat.send("hi")
     done = (await chat.receive_until("done"))[-1]
     assert done["error"]["code"] == "upstream_unreachable"
+
+
+def test_the_backend_works_on_uvloop_too(settings: Any) -> None:
+    """uvicorn runs on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[str, str | None]:
+        server = FakeUpstream()
+        await server.start()
+        server.script(stream(*completion(["on ", "uvloop"])))
+        config = upstream.UpstreamConfig(base_url=server.url, api_key="", model="m")
+        answer = upstream.Answer()
+        try:
+            parts = [text async for text, _ in upstream.stream_answer(config, [], answer)]
+        finally:
+            await upstream.aclose_client()
+            await server.close()
+        return "".join(parts), answer.finish_reason
+
+    assert uvloop.run(scenario()) == ("on uvloop", "stop")
