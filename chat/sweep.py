@@ -1,0 +1,81 @@
+"""Answers orphaned by a process that died are marked ``interrupted``, keeping their text.
+
+Every running answer's row is touched at least every ``CHAT_ORPHAN_AFTER / 3``
+seconds by its process's checkpoints, even when no new text came. A row still
+``streaming`` but untouched for ``CHAT_ORPHAN_AFTER`` seconds has no process
+behind it any more (killed, crashed, its machine gone): each process sweeps
+for those at startup and then periodically, and tells watchers how they ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chat import store
+from chat.conf import conf
+from chat.fanout import hub
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTED_DETAIL = (
+    "The server stopped while this answer was being written; the text saved before that is kept."
+)
+
+
+async def sweep_once() -> int:
+    """Mark orphaned answers ``interrupted`` now; return how many there were."""
+    from chat.generation import registry  # the registry starts the sweeper: no import cycle
+
+    orphans = await store.interrupt_orphans(
+        older_than=conf.CHAT_ORPHAN_AFTER,
+        running=list(registry.running_ids()),
+        detail=INTERRUPTED_DETAIL,
+    )
+    for message in orphans:
+        await hub.publish(
+            message.conversation_id,
+            {
+                "type": "done",
+                "message": str(message.id),
+                "conversation": str(message.conversation_id),
+                "status": "interrupted",
+                "length": len(message.content),
+                "finish_reason": None,
+                "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+                "error": {"code": "interrupted", "detail": INTERRUPTED_DETAIL},
+                "html": "",
+                "refusal": "",
+            },
+        )
+    if orphans:
+        logger.warning("Marked %d orphaned answer(s) as interrupted", len(orphans))
+    return len(orphans)
+
+
+class Sweeper:
+    """The process's periodic sweep, started by the first socket that connects."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._loop(), name="chat-orphan-sweep")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await sweep_once()
+            except Exception:
+                logger.exception("The orphaned-answer sweep failed; it runs again later")
+            await asyncio.sleep(conf.CHAT_ORPHAN_AFTER / 2)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+
+sweeper = Sweeper()
