@@ -35,6 +35,7 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.upstream import expected_text, run
+from chat import network
 from chat.sse import SSEDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,9 +397,10 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
     writes_before = await db_writes(relay)
     me = psutil.Process()
     if relay is None:
-        async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None), timeout=60
-        ) as client:
+        # The floor: the fastest reader we have, our own asyncio network backend.
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
+        network.install(transport)
+        async with httpx.AsyncClient(transport=transport, timeout=60) as client:
             cpu0, own0, t0 = None, me.cpu_times(), time.monotonic()
             outcomes = await asyncio.gather(
                 *(
