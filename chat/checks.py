@@ -55,6 +55,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         "CHAT_RETRY_BACKOFF",
         "CHAT_MAX_RETRY_AFTER",
         "CHAT_DEMO_TOKENS_PER_SECOND",
+        "CHAT_ORPHAN_AFTER",
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))

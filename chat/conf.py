@@ -78,8 +78,18 @@ class Settings:
 
     @property
     def CHAT_ON_DISCONNECT(self) -> OnDisconnect:
-        """What happens to a running answer when the last socket watching it closes."""
-        return getattr(settings, "CHAT_ON_DISCONNECT", "stop")
+        """What happens to a running answer when the last socket watching it closes.
+
+        ``"continue"`` (the default) finishes it, so a reload or a closed lid
+        loses nothing; ``"stop"`` closes the upstream when the last socket of the
+        answer's own process goes (sockets on other processes are not counted).
+        """
+        return getattr(settings, "CHAT_ON_DISCONNECT", "continue")
+
+    @property
+    def CHAT_ORPHAN_AFTER(self) -> float:
+        """Seconds after which a ``streaming`` answer nobody touched is marked ``interrupted``."""
+        return getattr(settings, "CHAT_ORPHAN_AFTER", 30.0)
 
     @property
     def CHAT_CONNECT_TIMEOUT(self) -> float:

@@ -64,13 +64,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     watching: uuid.UUID | None = None
 
     async def connect(self) -> None:
-        lifespan.install_daphne_hook()
+        lifespan.started()
         self.owner = owner_of(self.scope)
         # Code points of each answer (and ":r" its reasoning) this socket already has.
         self.positions: dict[str, int] = {}
         self.finished: set[str] = set()
         self.outbox: deque[Frame] = deque()
         self.wake = asyncio.Event()
+        self.holding = False  # while a history is prepared, frames wait in the outbox
         await self.accept()
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
@@ -81,7 +82,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def disconnect(self, code: int) -> None:
         if self.watching is not None:
-            self.unwatch(on_disconnect=True)
+            await self.unwatch(on_disconnect=True)
         sender = getattr(self, "sender", None)
         if sender is not None:
             sender.cancel()
@@ -120,7 +121,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             system_prompt=conf.CHAT_SYSTEM_PROMPT,
         )
         conversation_id = turn.conversation.id
-        self.watch(conversation_id)
+        await self.watch(conversation_id)
         if turn.created:
             self.deliver(
                 {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
@@ -133,8 +134,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             config=config,
         )
         # Published, so that every tab on this conversation sees the new turn.
-        generation.publish({"type": "message", "message": message_payload(turn.user_message)})
-        generation.publish({"type": "message", "message": message_payload(turn.assistant_message)})
+        await generation.publish({"type": "message", "message": message_payload(turn.user_message)})
+        await generation.publish(
+            {"type": "message", "message": message_payload(turn.assistant_message)}
+        )
         registry.start(generation)
 
     def upstream_config(self) -> UpstreamConfig:
@@ -157,67 +160,85 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         message = await store.load_message(self.owner, frame.message)
         if message is None:
             raise ClientError("not_found", "No such message.")
+        if message.status == Message.Statuses.STREAMING:
+            # Running in another process: the one that runs it answers.
+            request = {"action": "stop", "message": str(message.id)}
+            if await hub.ask(message.conversation_id, request) is not None:
+                return
         raise ClientError("not_running", "That answer is not being written any more.")
 
     async def show_conversation(self, conversation_id: uuid.UUID) -> None:
         """Send the history, then the live frames of its running answer, if any."""
         assert self.owner is not None
-        # Watch before reading: frames published from now on are queued for us,
-        # and the sender drops what the history below already contains.
-        self.watch(conversation_id)
+        # Watch before reading, and hold the frames that arrive meanwhile: once
+        # the history is ready they are sent after it, trimmed by ``index`` to
+        # what the history does not already contain.
+        self.holding = True
         try:
-            conversation, messages = await store.load_conversation(self.owner, conversation_id)
-        except ClientError:
-            self.unwatch(on_disconnect=False)
-            raise
-        finished = [m for m in messages if m.status != Message.Statuses.STREAMING]
-        rendered = await _render_all(
-            [m.content for m in finished if m.role == Message.Roles.ASSISTANT]
-        )
-        # From here on nothing awaits: the snapshot, the positions and the queued
-        # history frame agree with each other and with every frame queued after.
-        html = iter(rendered)
-        self.positions.clear()
-        self.finished.clear()
-        payloads: list[dict[str, Any]] = []
-        for message in messages:
-            mid = str(message.id)
-            if message.status == Message.Statuses.STREAMING:
-                running = registry.get(message.id)
-                if running is not None:
-                    message.content, message.reasoning = running.text, running.reasoning
-                self.positions[mid] = len(message.content)
-                self.positions[mid + ":r"] = len(message.reasoning)
-                payloads.append(message_payload(message))
-            else:
-                self.finished.add(mid)
-                is_answer = message.role == Message.Roles.ASSISTANT
-                payloads.append(message_payload(message, html=next(html) if is_answer else ""))
-        self.deliver(
-            {
+            await self.watch(conversation_id)
+            try:
+                conversation, messages = await store.load_conversation(self.owner, conversation_id)
+            except ClientError:
+                await self.unwatch(on_disconnect=False)
+                raise
+            finished = [m for m in messages if m.status != Message.Statuses.STREAMING]
+            rendered = iter(
+                await _render_all([m.content for m in finished if m.role == "assistant"])
+            )
+            self.positions.clear()
+            self.finished.clear()
+            payloads: list[dict[str, Any]] = []
+            for message in messages:
+                mid = str(message.id)
+                if message.status == Message.Statuses.STREAMING:
+                    message.content, message.reasoning = await self.text_so_far(message)
+                    self.positions[mid] = len(message.content)
+                    self.positions[mid + ":r"] = len(message.reasoning)
+                    payloads.append(message_payload(message))
+                else:
+                    self.finished.add(mid)
+                    html = next(rendered) if message.role == "assistant" else ""
+                    payloads.append(message_payload(message, html=html))
+            history = {
                 "type": "history",
                 "conversation": conversation_payload(conversation),
                 "messages": payloads,
             }
-        )
+            self.outbox.appendleft(history)  # before every frame held meanwhile
+        finally:
+            self.holding = False
+            self.wake.set()
+
+    async def text_so_far(self, message: Message) -> tuple[str, str]:
+        """A running answer's exact text now: from its process, else the last checkpoint."""
+        running = registry.get(message.id)
+        if running is not None:
+            return running.text, running.reasoning
+        if message.status != Message.Statuses.STREAMING:
+            return message.content, message.reasoning
+        request = {"action": "snapshot", "message": str(message.id)}
+        reply = await hub.ask(message.conversation_id, request)
+        if reply is not None:
+            return str(reply["text"]), str(reply["reasoning"])
+        return message.content, message.reasoning
 
     # Watching ---------------------------------------------------------------
 
-    def watch(self, conversation_id: uuid.UUID) -> None:
+    async def watch(self, conversation_id: uuid.UUID) -> None:
         if self.watching == conversation_id:
             return
         if self.watching is not None:
-            self.unwatch(on_disconnect=False)
+            await self.unwatch(on_disconnect=False)
         self.watching = conversation_id
         self.positions.clear()
         self.finished.clear()
-        hub.subscribe(conversation_id, self)
+        await hub.subscribe(conversation_id, self)
 
-    def unwatch(self, *, on_disconnect: bool) -> None:
+    async def unwatch(self, *, on_disconnect: bool) -> None:
         conversation_id, self.watching = self.watching, None
         if conversation_id is None:
             return
-        if hub.unsubscribe(conversation_id, self) == 0 and on_disconnect:
+        if await hub.unsubscribe(conversation_id, self) == 0 and on_disconnect:
             registry.abandoned(conversation_id)
 
     def deliver(self, frame: Frame) -> None:
@@ -230,7 +251,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.outbox:
+            while self.outbox and not self.holding:
                 frames = list(self.outbox)
                 self.outbox.clear()
                 for frame in coalesce(frames):
@@ -281,7 +302,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         else:
             assert self.owner is not None
             stored = await store.load_message(self.owner, uuid.UUID(message_id))
-            text = stored.content if stored is not None else ""
+            text = (await self.text_so_far(stored))[0] if stored is not None else ""
         if len(text) > have:
             await self.send_frame(
                 {"type": "delta", "message": message_id, "index": have, "text": text[have:]}

@@ -1,20 +1,34 @@
-"""Process-local fan-out of an answer's frames to the sockets watching its conversation.
+"""Fan-out of an answer's frames to the sockets watching its conversation, in any process.
 
-Publishing is a plain function call that appends the frame to each watcher's
-outbox: no channel-layer round trip, no copy, no task per frame. (Channels'
-in-memory layer scans every channel and group on each send and receive and
-deep-copies each message; at 100 streams that alone saturated the relay: see
-bench/RESULTS.md.) Each socket drains its own outbox in its own task, so a
-slow socket never holds up the answer or the other watchers.
+Within a process, publishing is a plain function call that appends the frame
+to each watcher's outbox: no channel-layer round trip, no copy, no task per
+frame. (Channels' in-memory layer scans every channel and group on each send
+and receive and deep-copies each message; at 100 streams that alone saturated
+the relay: see bench/RESULTS.md.) Each socket drains its own outbox in its own
+task, so a slow socket never holds up the answer or the other watchers.
+
+Across processes (a channel layer other than the in-memory one, e.g.
+``channels_redis``), each process joins the conversation's group once, with
+one channel of its own, on behalf of all its local watchers; frames are
+published to the group once and fanned out locally by each receiving
+process. The same route carries control messages (stop an answer running in
+another process, ask it for the exact text so far).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+logger = logging.getLogger(__name__)
+
 Frame = Mapping[str, Any]
+ControlHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 
 
 class Watcher(Protocol):
@@ -22,32 +36,162 @@ class Watcher(Protocol):
         """Take one frame; must not block (queue it and return)."""
 
 
+def group_name(conversation_id: uuid.UUID) -> str:
+    return f"chat.conversation.{conversation_id}"
+
+
+class Remote:
+    """This process's link to the others through the channel layer."""
+
+    def __init__(self, hub: Hub, layer: Any) -> None:
+        self.hub = hub
+        self.layer = layer
+        self.origin = uuid.uuid4().hex
+        self.channel = ""
+        self.replies: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.channel = await self.layer.new_channel("chat.process.")
+        self.task = asyncio.create_task(self.receive_loop(), name="chat-fanout-receive")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def receive_loop(self) -> None:
+        while True:
+            message = await self.layer.receive(self.channel)
+            try:
+                await self.dispatch(message)
+            except Exception:
+                logger.exception("Could not handle a message from another process: %r", message)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "chat.reply":
+            future = self.replies.pop(message["request"], None)
+            if future is not None and not future.done():
+                future.set_result(message.get("body"))
+            return
+        if message.get("origin") == self.origin:
+            return  # our own publication, already delivered locally
+        conversation_id = uuid.UUID(message["conversation"])
+        if kind == "chat.frame":
+            self.hub.deliver(conversation_id, message["frame"])
+        elif kind == "chat.control" and self.hub.control_handler is not None:
+            body = await self.hub.control_handler(message["body"])
+            if body is not None and message.get("reply_to"):
+                await self.layer.send(
+                    message["reply_to"],
+                    {"type": "chat.reply", "request": message["request"], "body": body},
+                )
+
+    async def send(self, conversation_id: uuid.UUID, kind: str, **fields: Any) -> None:
+        await self.layer.group_send(
+            group_name(conversation_id),
+            {"type": kind, "origin": self.origin, "conversation": str(conversation_id), **fields},
+        )
+
+    async def ask(
+        self, conversation_id: uuid.UUID, body: Mapping[str, Any], timeout: float
+    ) -> Mapping[str, Any] | None:
+        """Send a control message; return the first process's reply, or None in time."""
+        request = uuid.uuid4().hex
+        future: asyncio.Future[Mapping[str, Any] | None]
+        future = self.replies[request] = asyncio.get_running_loop().create_future()
+        try:
+            await self.send(
+                conversation_id, "chat.control", body=dict(body), request=request,
+                reply_to=self.channel,
+            )  # fmt: skip
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self.replies.pop(request, None)
+
+
 class Hub:
     """Who watches which conversation in this process, and delivery to them."""
 
     def __init__(self) -> None:
         self._watchers: dict[uuid.UUID, set[Watcher]] = {}
+        self._remote: Remote | None = None
+        self._started = False
+        self._starting: asyncio.Lock | None = None
+        #: Answers control messages from other processes (set by chat.generation).
+        self.control_handler: ControlHandler | None = None
 
-    def subscribe(self, conversation_id: uuid.UUID, watcher: Watcher) -> None:
-        self._watchers.setdefault(conversation_id, set()).add(watcher)
+    async def remote(self) -> Remote | None:
+        """The cross-process link, set up on first use; None with the in-memory layer."""
+        if self._started:
+            return self._remote
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if not self._started:
+                layer = get_channel_layer()
+                if layer is not None and not isinstance(layer, InMemoryChannelLayer):
+                    remote = Remote(self, layer)
+                    await remote.start()
+                    self._remote = remote
+                self._started = True
+        return self._remote
 
-    def unsubscribe(self, conversation_id: uuid.UUID, watcher: Watcher) -> int:
-        """Forget a watcher; return how many still watch the conversation."""
+    async def subscribe(self, conversation_id: uuid.UUID, watcher: Watcher) -> None:
+        watchers = self._watchers.setdefault(conversation_id, set())
+        first = not watchers
+        watchers.add(watcher)
+        if first and (remote := await self.remote()) is not None:
+            await remote.layer.group_add(group_name(conversation_id), remote.channel)
+
+    async def unsubscribe(self, conversation_id: uuid.UUID, watcher: Watcher) -> int:
+        """Forget a watcher; return how many still watch the conversation in this process."""
         watchers = self._watchers.get(conversation_id)
         if watchers is None:
             return 0
         watchers.discard(watcher)
-        if not watchers:
-            del self._watchers[conversation_id]
-            return 0
-        return len(watchers)
+        if watchers:
+            return len(watchers)
+        del self._watchers[conversation_id]
+        if (remote := self._remote) is not None:
+            await remote.layer.group_discard(group_name(conversation_id), remote.channel)
+        return 0
 
-    def publish(self, conversation_id: uuid.UUID, frame: Frame) -> None:
+    def deliver(self, conversation_id: uuid.UUID, frame: Frame) -> None:
+        """Hand a frame to this process's watchers of the conversation."""
         for watcher in self._watchers.get(conversation_id, ()):
             watcher.deliver(frame)
 
+    async def publish(self, conversation_id: uuid.UUID, frame: Frame) -> None:
+        """Deliver a frame to every watcher of the conversation, here and in other processes."""
+        self.deliver(conversation_id, frame)
+        remote = self._remote if self._started else await self.remote()
+        if remote is not None:
+            await remote.send(conversation_id, "chat.frame", frame=dict(frame))
+
+    async def ask(
+        self, conversation_id: uuid.UUID, body: Mapping[str, Any], *, timeout: float = 1.0
+    ) -> Mapping[str, Any] | None:
+        """Ask the other processes (the one running an answer answers); None if none did."""
+        remote = await self.remote()
+        if remote is None:
+            return None
+        return await remote.ask(conversation_id, body, timeout)
+
     def watching(self, conversation_id: uuid.UUID) -> int:
         return len(self._watchers.get(conversation_id, ()))
+
+    async def close(self) -> None:
+        """Stop listening to other processes (on shutdown)."""
+        if self._remote is not None:
+            await self._remote.stop()
+        self._remote = None
+        self._started = False
+        self._starting = None
 
 
 hub = Hub()

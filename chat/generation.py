@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 
@@ -120,27 +120,31 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                self.publish(
+                await self.publish(
                     {"type": "delta", "message": self._id, "index": index, "text": content}
                 )
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
-                self.publish(
+                await self.publish(
                     {"type": "reasoning", "message": self._id, "index": index, "text": reasoning}
                 )
 
-    def checkpoint(self) -> store.Checkpoint | None:
-        """What to save of this answer now, or None if nothing changed since the last save."""
+    def checkpoint(self, *, heartbeat: bool = False) -> store.Checkpoint | None:
+        """What to save of this answer now, or None if nothing changed since the last save.
+
+        With ``heartbeat`` the row is written even if unchanged: its ``updated_at``
+        tells other processes that this answer still has a process behind it.
+        """
         lengths = (self.length, self._reasoning_length)
-        if lengths == self.saved:
+        if lengths == self.saved and not heartbeat:
             return None
         self.saved = lengths
         return (self.message_id, self.text, self.reasoning)
 
-    def publish(self, frame: Frame) -> None:
-        hub.publish(self.conversation_id, frame)
+    async def publish(self, frame: Frame) -> None:
+        await hub.publish(self.conversation_id, frame)
 
     async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
         ended = time.monotonic()
@@ -176,7 +180,7 @@ class Generation:
             "html": await render(text),
             "refusal": answer.refusal,
         }
-        self.publish(done)
+        await self.publish(done)
 
     async def _save(
         self, status: FinalStatus, text: str, error_info: ErrorInfo | None, ended: float
@@ -244,9 +248,18 @@ class Registry:
         One database call an interval for the whole process, however many
         answers run: a new turn's setup never queues behind hundreds of checkpoints.
         """
+        ticks = 0
         while True:
             await asyncio.sleep(conf.CHAT_CHECKPOINT_INTERVAL)
-            rows = [row for g in self._by_message.values() if (row := g.checkpoint()) is not None]
+            ticks += 1
+            beat = ticks * conf.CHAT_CHECKPOINT_INTERVAL >= conf.CHAT_ORPHAN_AFTER / 3
+            if beat:
+                ticks = 0
+            rows = [
+                row
+                for g in self._by_message.values()
+                if (row := g.checkpoint(heartbeat=beat)) is not None
+            ]
             if not rows:
                 continue
             try:
@@ -257,6 +270,21 @@ class Registry:
 
     def get(self, message_id: uuid.UUID) -> Generation | None:
         return self._by_message.get(message_id)
+
+    def running_ids(self) -> list[uuid.UUID]:
+        return list(self._by_message)
+
+    async def handle_control(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Answer another process about an answer running here; None if it is not ours."""
+        generation = self.get(uuid.UUID(body["message"]))
+        if generation is None:
+            return None
+        if body.get("action") == "stop":
+            generation.stop("user")
+            return {"stopped": True}
+        if body.get("action") == "snapshot":
+            return {"text": generation.text, "reasoning": generation.reasoning}
+        return None
 
     def running_in(self, conversation_id: uuid.UUID) -> Generation | None:
         return self._by_conversation.get(conversation_id)
@@ -284,3 +312,4 @@ class Registry:
 
 
 registry = Registry()
+hub.control_handler = registry.handle_control

@@ -2,9 +2,10 @@
 
 Servers that speak the ASGI lifespan protocol (uvicorn, hypercorn) call
 ``LifespanApp``; route ``"lifespan"`` to it in ``ProtocolTypeRouter``. Daphne
-has no lifespan protocol, so the first answer started under daphne hooks
-``shutdown`` into Twisted's "before shutdown" trigger instead (a SIGTERM or
-SIGINT then waits for running answers to be saved before the process exits).
+has no lifespan protocol, so the first socket under daphne hooks ``shutdown``
+into Twisted's "before shutdown" trigger instead (a SIGTERM or SIGINT then
+waits for running answers to be saved before the process exits). Startup
+(either way) starts the sweep for answers orphaned by a process that died.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 import sys
 from typing import Any
 
+from chat.fanout import hub
 from chat.generation import registry
+from chat.sweep import sweeper
 from chat.upstream import aclose_client
 
 logger = logging.getLogger(__name__)
@@ -24,10 +27,12 @@ _daphne_hook_installed = False
 
 async def shutdown() -> None:
     """Interrupt running answers (each saves its text), then close the upstream client."""
-    running = len(registry.tasks)
+    running = len(registry.running_ids())
     if running:
         logger.info("Shutting down: saving %d running answer(s) as interrupted", running)
+    await sweeper.stop()
     await registry.shutdown()
+    await hub.close()
     await aclose_client()
 
 
@@ -38,6 +43,7 @@ class LifespanApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                sweeper.ensure_running()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await shutdown()
@@ -45,8 +51,13 @@ class LifespanApp:
                 return
 
 
-def install_daphne_hook() -> None:
-    """Under daphne's Twisted reactor, run ``shutdown`` before the reactor stops (once)."""
+def started() -> None:
+    """Called at every socket connect: under daphne, set up the process once.
+
+    Daphne has no lifespan protocol, so the first socket does what a lifespan
+    startup would: start the orphaned-answer sweep, and hook ``shutdown`` into
+    Twisted's "before shutdown" trigger. Elsewhere (tests) it does nothing.
+    """
     global _daphne_hook_installed
     if _daphne_hook_installed or "daphne.server" not in sys.modules:
         return
@@ -60,3 +71,4 @@ def install_daphne_hook() -> None:
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     _daphne_hook_installed = True
+    sweeper.ensure_running()

@@ -143,6 +143,26 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
 
 
 @in_db_thread
+def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: str) -> list[Message]:
+    """Mark ``streaming`` answers untouched for ``older_than`` seconds as ``interrupted``."""
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    with transaction.atomic():
+        orphans = list(
+            Message.objects.select_for_update()
+            .filter(status=Message.Statuses.STREAMING, updated_at__lt=cutoff)
+            .exclude(pk__in=running)
+        )
+        if orphans:
+            Message.objects.filter(pk__in=[m.pk for m in orphans]).update(
+                status=Message.Statuses.INTERRUPTED,
+                error_code="interrupted",
+                error_detail=detail,
+                updated_at=timezone.now(),
+            )
+    return orphans
+
+
+@in_db_thread
 def finish_message(message_id: uuid.UUID, conversation_id: uuid.UUID, **fields: Any) -> None:
     """Store an answer's final text, status, usage and timings."""
     now = timezone.now()

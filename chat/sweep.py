@@ -15,6 +15,7 @@ import logging
 from chat import store
 from chat.conf import conf
 from chat.fanout import hub
+from chat.generation import registry, render
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ INTERRUPTED_DETAIL = (
 
 async def sweep_once() -> int:
     """Mark orphaned answers ``interrupted`` now; return how many there were."""
-    from chat.generation import registry  # the registry starts the sweeper: no import cycle
 
     orphans = await store.interrupt_orphans(
         older_than=conf.CHAT_ORPHAN_AFTER,
@@ -33,6 +33,7 @@ async def sweep_once() -> int:
         detail=INTERRUPTED_DETAIL,
     )
     for message in orphans:
+        html = await render(message.content)
         await hub.publish(
             message.conversation_id,
             {
@@ -44,7 +45,7 @@ async def sweep_once() -> int:
                 "finish_reason": None,
                 "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
                 "error": {"code": "interrupted", "detail": INTERRUPTED_DETAIL},
-                "html": "",
+                "html": html,
                 "refusal": "",
             },
         )

@@ -98,7 +98,8 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Several sites (or test runs) can share one Redis with their own prefix.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("REDIS_PREFIX", "asgi")},
         }
     }
 else:
@@ -137,5 +138,8 @@ if os.environ.get("CHAT_MODEL"):
     CHAT_MODEL = os.environ["CHAT_MODEL"]
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "")
 CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
-if os.environ.get("CHAT_DEMO_TOKENS_PER_SECOND"):
-    CHAT_DEMO_TOKENS_PER_SECOND = float(os.environ["CHAT_DEMO_TOKENS_PER_SECOND"])
+for _name in ("CHAT_DEMO_TOKENS_PER_SECOND", "CHAT_ORPHAN_AFTER", "CHAT_CHECKPOINT_INTERVAL"):
+    if os.environ.get(_name):
+        globals()[_name] = float(os.environ[_name])
+if os.environ.get("CHAT_ON_DISCONNECT"):
+    CHAT_ON_DISCONNECT = os.environ["CHAT_ON_DISCONNECT"]

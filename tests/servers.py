@@ -29,12 +29,8 @@ def site_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh demo site with its own SQLite database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHAT_"))}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp_path / 'site.sqlite3'}",
-        DJANGO_DEBUG="1",
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'site.sqlite3'}", DJANGO_DEBUG="1")
+    env.update(PYTHONUNBUFFERED="1", **extra)
     return env
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chat.consumers import ChatConsumer
-from chat.models import Owner
+from chat.models import Message, Owner
 from chat.protocol import coalesce
 
 MESSAGE = str(uuid.uuid4())
@@ -61,7 +61,13 @@ async def test_a_gap_is_filled_from_the_store_before_the_delta(
     socket: ChatConsumer, monkeypatch: Any
 ) -> None:
     async def load_message(owner: Owner, message_id: uuid.UUID) -> Any:
-        return type("Stored", (), {"content": "Hello, wor"})()
+        return Message(
+            id=message_id,
+            conversation_id=CONVERSATION,
+            role="assistant",
+            status="complete",
+            content="Hello, wor",
+        )
 
     monkeypatch.setattr("chat.store.load_message", load_message)
     await socket.forward(delta(10, "ld"))

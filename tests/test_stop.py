@@ -63,9 +63,10 @@ async def test_a_stopped_answer_is_part_of_the_next_turns_history(
     ]
 
 
-async def test_disconnecting_closes_the_upstream_and_saves_the_partial_answer(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any
+async def test_with_stop_on_disconnect_closing_the_page_closes_the_upstream(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
 ) -> None:
+    settings.CHAT_ON_DISCONNECT = "stop"
     fake_upstream.script(HANGING_ANSWER)
     chat = await connect(user)
     answer_id = await start_hanging_answer(chat)
@@ -78,10 +79,9 @@ async def test_disconnecting_closes_the_upstream_and_saves_the_partial_answer(
     assert stored.error_code == "client_disconnected"
 
 
-async def test_with_continue_an_answer_outlives_its_socket(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+async def test_by_default_an_answer_outlives_its_socket(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
-    settings.CHAT_ON_DISCONNECT = "continue"
     release = asyncio.Event()
     fake_upstream.script(
         stream(

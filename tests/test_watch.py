@@ -114,8 +114,9 @@ async def test_a_turn_started_in_one_tab_appears_in_the_other(
 
 
 async def test_closing_one_of_two_tabs_does_not_stop_the_answer(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
 ) -> None:
+    settings.CHAT_ON_DISCONNECT = "stop"  # even then, another tab still watches
     release = asyncio.Event()
     fake_upstream.script(
         stream(
@@ -190,8 +191,8 @@ async def test_a_delta_published_while_the_history_is_read_is_not_shown_twice(
     release, published = asyncio.Event(), asyncio.Event()
     original_publish, original_load = Generation.publish, store.load_conversation
 
-    def publish(self: Generation, frame: Any) -> None:
-        original_publish(self, frame)
+    async def publish(self: Generation, frame: Any) -> None:
+        await original_publish(self, frame)
         if frame["type"] == "delta":
             published.set()
 

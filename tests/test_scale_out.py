@@ -1,0 +1,217 @@
+"""Several daphne processes on PostgreSQL and Redis: any socket on any process sees any answer.
+
+These run against the real services this machine provides (PostgreSQL on
+127.0.0.1:5432 as ``postgres``, Redis on 127.0.0.1:6379), each test with a
+database and a Redis prefix of its own. Without the services they are
+skipped, and ``.ci/run`` refuses to run without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import websockets
+
+from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+from tests.servers import Site, daphne, log_in, manage, site_environment
+
+PG = os.environ.get("CHAT_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("CHAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def reachable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not (reachable(5432) and reachable(6379)),
+    reason="needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379",
+)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name = f"chat_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    server = FakeUpstream()
+    await server.start()
+    yield server
+    await server.close()
+
+
+class Cluster:
+    """Two daphne processes sharing one database and one Redis."""
+
+    def __init__(self, sites: list[Site], cookie: str) -> None:
+        self.sites = sites
+        self.cookie = cookie
+
+    def open(self, index: int) -> Any:
+        site = self.sites[index]
+        return websockets.connect(
+            site.ws_url + "/ws/chat/",
+            additional_headers={"Cookie": self.cookie, "Origin": site.url},
+        )
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, database: str, upstream: FakeUpstream) -> AsyncIterator[Cluster]:
+    env = site_environment(
+        tmp_path,
+        DATABASE_URL=database,
+        REDIS_URL=REDIS,
+        REDIS_PREFIX=f"chat-test-{uuid.uuid4().hex[:8]}",
+        OPENAI_BASE_URL=upstream.url,
+        OPENAI_API_KEY="sk-test",
+        CHAT_MODEL="fake-model",
+        CHAT_ORPHAN_AFTER="2",
+        CHAT_CHECKPOINT_INTERVAL="0.2",
+    )
+    await asyncio.to_thread(manage, env, "migrate", "--noinput")
+    await asyncio.to_thread(
+        manage,
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('ann', password='pw-ann-123')",
+    )
+    with ExitStack() as stack:
+        sites = [stack.enter_context(daphne(env)) for _ in range(2)]
+        cookie = await log_in(sites[0], "ann", "pw-ann-123")
+        yield Cluster(sites, cookie)
+
+
+async def receive_until(socket: Any, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+    frames = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frames.append(json.loads(await socket.recv()))
+            if frames[-1]["type"] == kind:
+                return frames
+
+
+def rebuild_from(history: dict[str, Any], frames: list[dict[str, Any]], message: str) -> str:
+    shown = next(m for m in history["messages"] if m["id"] == message)["content"]
+    for frame in frames:
+        if frame["type"] == "delta" and frame["message"] == message:
+            assert frame["index"] == len(shown), "a gap or a duplicate"
+            shown += frame["text"]
+    return str(shown)
+
+
+async def start_answer(socket: Any) -> tuple[str, str]:
+    await socket.send(json.dumps({"type": "send", "conversation": None, "content": "go"}))
+    frames = await receive_until(socket, "message")
+    frames += await receive_until(socket, "message")
+    return frames[0]["conversation"]["id"], frames[-1]["message"]["id"]
+
+
+async def test_an_answer_generated_on_one_process_streams_to_a_socket_on_another(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    release = asyncio.Event()
+    upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            chunk("From "),
+            Gate(release),
+            *completion(["process ", "A."])[1:],
+        )
+    )
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, answer = await start_answer(a)
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        history = json.loads(await b.recv())
+        release.set()
+        frames = await receive_until(b, "done")
+        assert rebuild_from(history, frames, answer) == "From process A."
+        assert frames[-1]["status"] == "complete"
+
+
+async def test_a_stop_on_another_process_closes_the_upstream(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    upstream.script(stream(chunk("", role="assistant"), chunk("endless"), HANG))
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        await b.recv()
+        await b.send(json.dumps({"type": "stop", "message": answer}))
+        await asyncio.wait_for(upstream.requests[0].client_closed.wait(), timeout=5)
+        assert (await receive_until(a, "done"))[-1]["status"] == "stopped"
+        assert (await receive_until(b, "done"))[-1]["status"] == "stopped"
+
+
+async def test_reconnecting_anywhere_at_any_moment_shows_every_character_once(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    words = [f"w{i} " for i in range(150)]
+    upstream.script(stream(*completion(words, pace=0.01)))
+    expected = "".join(words)
+    async with cluster.open(0) as a:
+        conversation, answer = await start_answer(a)
+        for attempt in range(6):
+            await asyncio.sleep(random.uniform(0.05, 0.2))  # reconnect at a random moment
+            async with cluster.open(attempt % 2) as watcher:
+                await watcher.send(json.dumps({"type": "watch", "conversation": conversation}))
+                history = json.loads(await watcher.recv())
+                status = next(m for m in history["messages"] if m["id"] == answer)["status"]
+                if status != "streaming":
+                    break
+                frames = await receive_until(watcher, "done")
+                assert rebuild_from(history, frames, answer) == expected
+
+
+async def test_a_killed_process_leaves_an_interrupted_answer_with_its_text(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    upstream.script(stream(*completion([f"t{i} " for i in range(400)], pace=0.01)))
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, answer = await start_answer(a)
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        history = json.loads(await b.recv())
+        frames: list[dict[str, Any]] = []
+        while sum(len(f.get("text", "")) for f in frames) < 300:
+            frames.append(json.loads(await b.recv()))
+        cluster.sites[0].process.send_signal(signal.SIGKILL)
+        frames += await receive_until(b, "done", timeout=15)
+    received = rebuild_from(history, frames, answer)
+    assert frames[-1]["status"] == "interrupted"
+    with psycopg.connect(database) as db:
+        row = db.execute(
+            "SELECT status, content FROM chat_message WHERE id = %s", (answer,)
+        ).fetchone()
+    assert row is not None
+    status, saved = row
+    assert status == "interrupted"
+    assert received.startswith(saved)
+    # Checkpoints every 0.2 s at 100 tokens/s: at most a few dozen tokens lost.
+    lost = len(received) - len(saved)
+    print(f"SIGKILL lost {lost} of {len(received)} characters received by the watcher")
+    assert lost < 200
