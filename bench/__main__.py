@@ -108,6 +108,8 @@ class Relay:
     cookie: str | None = None
     stats_url: str | None = None
     process: subprocess.Popen[str] | None = None
+    #: A second process on the same Redis and database: watchers connect there.
+    peer: Relay | None = None
 
     @property
     def pid(self) -> int | None:
@@ -176,12 +178,45 @@ def base_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def django_relay(name: str, upstream: str, server: str, workdir: Path) -> Iterator[Relay]:
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on this machine's server, dropped afterwards."""
+    import psycopg
+
+    server = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+    name = f"chat_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def django_cluster(upstream: str) -> Iterator[Relay]:
+    """Two daphne processes on Redis and PostgreSQL: answers run on one, watchers on the other."""
+    redis = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+    with postgres_database() as database:
+        extra = {"REDIS_URL": redis, "REDIS_PREFIX": f"chat-bench-{uuid.uuid4().hex[:8]}"}
+        with (
+            django_relay("django-daphne-redis-x2", upstream, "daphne", database, extra) as first,
+            django_relay("peer", upstream, "daphne", database, extra) as second,
+        ):
+            first.peer = second
+            yield first
+
+
+@contextlib.contextmanager
+def django_relay(
+    name: str, upstream: str, server: str, database: str, extra: dict[str, str] | None = None
+) -> Iterator[Relay]:
     env = base_env()
     env.update(
         DJANGO_SETTINGS_MODULE="bench.settings",
-        DATABASE_URL=f"sqlite:///{workdir / f'{name}.sqlite3'}",
+        DATABASE_URL=database,
         BENCH_UPSTREAM_URL=upstream,
+        **(extra or {}),
     )
     key = subprocess.run(
         [sys.executable, "-m", "bench.prepare"],
@@ -343,6 +378,45 @@ async def drive(socket: ClientConnection, stream: Stream, scenario: Scenario) ->
             return
 
 
+async def drive_pair(
+    sender: ClientConnection, watcher: ClientConnection, stream: Stream, scenario: Scenario
+) -> None:
+    """Start the answer on one process and measure it on a socket of the other."""
+    clock, loads = time.time, orjson.loads
+    stream.sent_at = clock()
+    content = f"bench id={stream.id} n={scenario.tokens} rate={scenario.rate}"
+    await sender.send(json.dumps({"type": "send", "conversation": None, "content": content}))
+    while (frame := loads(await sender.recv()))["type"] != "conversation":
+        pass
+    drain = asyncio.create_task(drain_socket(sender))
+    try:
+        await watcher.send(
+            json.dumps({"type": "watch", "conversation": frame["conversation"]["id"]})
+        )
+        history = loads(await watcher.recv())
+        # Text already in the history measures how late the watcher joined, not the
+        # relay: it counts for the exact-text check but not for latency.
+        stream.text.append(history["messages"][-1]["content"])
+        while True:
+            raw = await watcher.recv()
+            now = clock()
+            frame = loads(raw)
+            if frame["type"] == "delta":
+                stream.arrivals.append((now, frame["index"], len(frame["text"])))
+                stream.text.append(frame["text"])
+            elif frame["type"] == "done":
+                if frame["status"] != "complete":
+                    stream.error = f"status {frame['status']}: {frame.get('error')}"
+                return
+    finally:
+        drain.cancel()
+
+
+async def drain_socket(socket: ClientConnection) -> None:
+    async for _ in socket:
+        pass
+
+
 async def drive_direct(
     client: httpx.AsyncClient, upstream: str, stream: Stream, scenario: Scenario
 ) -> None:
@@ -376,11 +450,14 @@ async def drive_direct(
                 index += len(text)
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
+def cpu_seconds(relay: Relay | None) -> float | None:
+    """CPU time of the relay's process (and of its peer process, if any)."""
+    if relay is None or relay.pid is None:
         return None
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    times = psutil.Process(relay.pid).cpu_times()
+    total = float(times.user + times.system)
+    peer = cpu_seconds(relay.peer)
+    return total + (peer or 0.0)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -412,18 +489,24 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
             cpu1 = None
     else:
         sockets = await open_sockets(relay, scenario.streams)
+        watchers = await open_sockets(relay.peer, scenario.streams) if relay.peer else []
         try:
-            cpu0, own0, t0 = cpu_seconds(relay.pid), me.cpu_times(), time.monotonic()
+            cpu0, own0, t0 = cpu_seconds(relay), me.cpu_times(), time.monotonic()
+            if relay.peer:
+                runs = [
+                    drive_pair(ws, watcher, s, scenario)
+                    for ws, watcher, s in zip(sockets, watchers, streams, strict=True)
+                ]
+            else:
+                runs = [drive(ws, s, scenario) for ws, s in zip(sockets, streams, strict=True)]
             outcomes = await asyncio.gather(
-                *(
-                    asyncio.wait_for(drive(ws, s, scenario), timeout)
-                    for ws, s in zip(sockets, streams, strict=True)
-                ),
-                return_exceptions=True,
+                *(asyncio.wait_for(run, timeout) for run in runs), return_exceptions=True
             )
-            cpu1 = cpu_seconds(relay.pid)
+            cpu1 = cpu_seconds(relay)
         finally:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+            await asyncio.gather(
+                *(ws.close() for ws in [*sockets, *watchers]), return_exceptions=True
+            )
     result.seconds = time.monotonic() - t0
     own1 = me.cpu_times()
     result.loadgen_cpu_s = (own1.user + own1.system) - (own0.user + own0.system)
@@ -456,8 +539,9 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
             result.tokens += scenario.tokens
             if stream.arrivals:
                 first.append(stream.arrivals[0][0] - stream.sent_at)
-            if scenario.rate and len(emitted) == scenario.tokens:
-                token = 0
+            if scenario.rate and len(emitted) == scenario.tokens and stream.arrivals:
+                first_index = stream.arrivals[0][1]
+                token = next((i for i, end in enumerate(ends) if end > first_index), len(ends))
                 for arrived, index, length in stream.arrivals:
                     while token < len(ends) and ends[token] <= index + length:
                         latencies.append(arrived - emitted[token])
@@ -476,7 +560,8 @@ async def db_writes(relay: Relay | None) -> int | None:
     if relay is None or relay.stats_url is None:
         return None
     async with httpx.AsyncClient(timeout=30) as client:
-        return int((await client.get(relay.stats_url)).json()["db_writes"])
+        count = int((await client.get(relay.stats_url)).json()["db_writes"])
+    return count + (await db_writes(relay.peer) or 0)
 
 
 async def run_idle(relay: Relay, scenario: Scenario) -> Result:
@@ -516,7 +601,14 @@ async def probe(ws: ClientConnection) -> None:
 # Orchestration -----------------------------------------------------------------------
 
 
-RELAYS = ["direct", "django-daphne", "django-uvicorn", "bare-python", "node"]
+RELAYS = [
+    "direct",
+    "django-daphne",
+    "django-uvicorn",
+    "django-daphne-redis-x2",
+    "bare-python",
+    "node",
+]
 
 
 async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
@@ -528,15 +620,20 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     try:
         with tempfile.TemporaryDirectory() as workdir:
+
+            def sqlite(name: str) -> str:
+                return f"sqlite:///{Path(workdir) / name}.sqlite3"
+
             for name in relays:
                 factory: Callable[[], contextlib.AbstractContextManager[Relay]] | None
                 factory = {
                     "django-daphne": lambda: django_relay(
-                        "django-daphne", upstream, "daphne", Path(workdir)
+                        "django-daphne", upstream, "daphne", sqlite("django-daphne")
                     ),
                     "django-uvicorn": lambda: django_relay(
-                        "django-uvicorn", upstream, "uvicorn", Path(workdir)
+                        "django-uvicorn", upstream, "uvicorn", sqlite("django-uvicorn")
                     ),
+                    "django-daphne-redis-x2": lambda: django_cluster(upstream),
                     "bare-python": lambda: bare_relay(upstream),
                     "node": lambda: node_relay(upstream),
                 }.get(name)
@@ -548,6 +645,8 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                     continue
                 with factory() as relay:
                     for scenario in scenarios:
+                        if relay.peer and not scenario.streams:
+                            continue  # idle memory is the single-process rows' business
                         if scenario.streams:
                             results.append(await run_streams(relay, upstream, scenario))
                         else:
