@@ -527,8 +527,14 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
             ).json()
             if isinstance(outcome, BaseException):
                 stream.error = repr(outcome)
-            elif "".join(stream.text) != expected:
-                stream.error = "text differs from what the upstream sent"
+            elif (got := "".join(stream.text)) != expected:
+                pairs = enumerate(zip(got, expected, strict=False))
+                at = next((i for i, (a, b) in pairs if a != b), None)
+                at = min(len(got), len(expected)) if at is None else at
+                stream.error = (
+                    f"text differs from what the upstream sent at {at} (of {len(expected)}): "
+                    f"got {got[at : at + 20]!r}, expected {expected[at : at + 20]!r}"
+                )
             if stream.error:
                 result.errors += 1
                 if len(result.notes) < 3:

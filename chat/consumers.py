@@ -273,6 +273,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 have = await self.resync(frame["message"], have)
                 if end <= have:
                     return
+                if index > have:
+                    return  # still a gap: never show text out of place; ``done`` fills it
             if index < have:
                 frame = {**frame, "index": have, "text": text[have - index :]}
             self.positions[key] = end
@@ -309,7 +311,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             )
             have = len(text)
         else:
-            logger.warning("Cannot fill a gap in message %s at %d", message_id, have)
+            logger.info("Cannot fill a gap in message %s at %d yet", message_id, have)
         self.positions[message_id] = have
         return have
 

@@ -94,12 +94,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+if REDIS_URL and os.environ.get("REDIS_LAYER", "pubsub") == "pubsub":
+    # Redis pub/sub: a frame costs one PUBLISH and is pushed to the processes
+    # that subscribed. Nothing is queued for a process that is not listening,
+    # which suits frames: a socket that misses one resyncs by ``index``.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("REDIS_PREFIX", "asgi")},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # Several sites (or test runs) can share one Redis with their own prefix.
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("REDIS_PREFIX", "asgi")},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                # Several sites (or test runs) can share one Redis with their own prefix.
+                "prefix": os.environ.get("REDIS_PREFIX", "asgi"),
+                # Each process receives every frame for all its watchers on one
+                # channel: the default capacity of 100 would drop frames under load.
+                "channel_capacity": {"chat.process.*": 50_000},
+            },
         }
     }
 else:
