@@ -133,11 +133,20 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             history=turn.history,
             config=config,
         )
-        # Published, so that every tab on this conversation sees the new turn.
-        await generation.publish({"type": "message", "message": message_payload(turn.user_message)})
-        await generation.publish(
-            {"type": "message", "message": message_payload(turn.assistant_message)}
-        )
+        # Known before its first frame, so that another process's interest in it,
+        # which that frame may prompt, finds it.
+        registry.register(generation)
+        try:
+            # Published, so that every tab on this conversation sees the new turn.
+            await generation.publish(
+                {"type": "message", "message": message_payload(turn.user_message)}
+            )
+            await generation.publish(
+                {"type": "message", "message": message_payload(turn.assistant_message)}
+            )
+        except BaseException:
+            registry.unregister(generation)
+            raise
         registry.start(generation)
 
     def upstream_config(self) -> UpstreamConfig:

@@ -11,8 +11,13 @@ Across processes (a channel layer other than the in-memory one, e.g.
 ``channels_redis``), each process joins the conversation's group once, with
 one channel of its own, on behalf of all its local watchers; frames are
 published to the group once and fanned out locally by each receiving
-process. The same route carries control messages (stop an answer running in
-another process, ask it for the exact text so far).
+process. Deltas, the bulk, go to the group only once another process has
+said it watches (``chat.interest``, sent when it starts watching and when it
+sees a new answer start): an answer watched only where it runs never touches
+Redis past its first and last frames. A watcher that joined late sees a gap
+in ``index`` and fills it with the exact text from the answer's process.
+The same route carries control messages (stop an answer running in another
+process, ask it for the exact text so far).
 """
 
 from __future__ import annotations
@@ -79,7 +84,15 @@ class Remote:
             return  # our own publication, already delivered locally
         conversation_id = uuid.UUID(message["conversation"])
         if kind == "chat.frame":
-            self.hub.deliver(conversation_id, message["frame"])
+            frame = message["frame"]
+            self.hub.deliver(conversation_id, frame)
+            if frame["type"] == "message" and frame["message"]["status"] == "streaming":
+                # An answer started elsewhere: ask for its deltas, we have watchers.
+                await self.send(conversation_id, "chat.interest")
+        elif kind == "chat.interest" and self.hub.control_handler is not None:
+            await self.hub.control_handler(
+                {"action": "interest", "conversation": str(conversation_id)}
+            )
         elif kind == "chat.control" and self.hub.control_handler is not None:
             body = await self.hub.control_handler(message["body"])
             if body is not None and message.get("reply_to"):
@@ -147,6 +160,7 @@ class Hub:
         watchers.add(watcher)
         if first and (remote := await self.remote()) is not None:
             await remote.layer.group_add(group_name(conversation_id), remote.channel)
+            await remote.send(conversation_id, "chat.interest")
 
     async def unsubscribe(self, conversation_id: uuid.UUID, watcher: Watcher) -> int:
         """Forget a watcher; return how many still watch the conversation in this process."""
@@ -166,12 +180,17 @@ class Hub:
         for watcher in self._watchers.get(conversation_id, ()):
             watcher.deliver(frame)
 
-    async def publish(self, conversation_id: uuid.UUID, frame: Frame) -> None:
-        """Deliver a frame to every watcher of the conversation, here and in other processes."""
+    async def publish(
+        self, conversation_id: uuid.UUID, frame: Frame, *, remote: bool = True
+    ) -> None:
+        """Deliver a frame to the conversation's watchers here, and unless ``remote`` is
+        False to those of other processes."""
         self.deliver(conversation_id, frame)
-        remote = self._remote if self._started else await self.remote()
-        if remote is not None:
-            await remote.send(conversation_id, "chat.frame", frame=dict(frame))
+        if not remote:
+            return
+        link = self._remote if self._started else await self.remote()
+        if link is not None:
+            await link.send(conversation_id, "chat.frame", frame=dict(frame))
 
     async def ask(
         self, conversation_id: uuid.UUID, body: Mapping[str, Any], *, timeout: float = 1.0

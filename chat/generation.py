@@ -64,6 +64,8 @@ class Generation:
         self._first_token: float | None = None
         self._pump: asyncio.Task[None] | None = None
         self.saved = (0, 0)  # (answer, reasoning) lengths in the last checkpoint
+        #: Another process watches this conversation: deltas go to it too.
+        self.shared = False
 
     @property
     def text(self) -> str:
@@ -121,14 +123,16 @@ class Generation:
                 self._parts.append(content)
                 self.length += len(content)
                 await self.publish(
-                    {"type": "delta", "message": self._id, "index": index, "text": content}
+                    {"type": "delta", "message": self._id, "index": index, "text": content},
+                    remote=self.shared,
                 )
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
                 await self.publish(
-                    {"type": "reasoning", "message": self._id, "index": index, "text": reasoning}
+                    {"type": "reasoning", "message": self._id, "index": index, "text": reasoning},
+                    remote=self.shared,
                 )
 
     def checkpoint(self, *, heartbeat: bool = False) -> store.Checkpoint | None:
@@ -143,8 +147,8 @@ class Generation:
         self.saved = lengths
         return (self.message_id, self.text, self.reasoning)
 
-    async def publish(self, frame: Frame) -> None:
-        await hub.publish(self.conversation_id, frame)
+    async def publish(self, frame: Frame, *, remote: bool = True) -> None:
+        await hub.publish(self.conversation_id, frame, remote=remote)
 
     async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
         ended = time.monotonic()
@@ -217,9 +221,19 @@ class Registry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._checkpointer: asyncio.Task[None] | None = None
 
-    def start(self, generation: Generation) -> asyncio.Task[None]:
+    def register(self, generation: Generation) -> None:
+        """Make an answer known (to stops, snapshots, interest) before it starts."""
         self._by_message[generation.message_id] = generation
         self._by_conversation[generation.conversation_id] = generation
+
+    def unregister(self, generation: Generation) -> None:
+        """Forget an answer that never started (its row is swept as interrupted)."""
+        self._by_message.pop(generation.message_id, None)
+        if self._by_conversation.get(generation.conversation_id) is generation:
+            del self._by_conversation[generation.conversation_id]
+
+    def start(self, generation: Generation) -> asyncio.Task[None]:
+        self.register(generation)
         task = asyncio.create_task(
             generation.run(), name=f"chat-generation-{generation.message_id}"
         )
@@ -233,9 +247,7 @@ class Registry:
 
     def _forget(self, generation: Generation, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._by_message.pop(generation.message_id, None)
-        if self._by_conversation.get(generation.conversation_id) is generation:
-            del self._by_conversation[generation.conversation_id]
+        self.unregister(generation)
         if not self._by_message and self._checkpointer is not None:
             self._checkpointer.cancel()
             self._checkpointer = None
@@ -276,6 +288,11 @@ class Registry:
 
     async def handle_control(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Answer another process about an answer running here; None if it is not ours."""
+        if body.get("action") == "interest":
+            running = self.running_in(uuid.UUID(body["conversation"]))
+            if running is not None:
+                running.shared = True
+            return None
         generation = self.get(uuid.UUID(body["message"]))
         if generation is None:
             return None
