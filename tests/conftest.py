@@ -18,6 +18,16 @@ from project.asgi import application
 from tests.fake_upstream import FakeUpstream
 
 API_KEY = "sk-test-secret-key-0123456789abcdef"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, for fixtures that act on failures."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 ORIGIN = b"http://localhost"
 
 

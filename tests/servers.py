@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -84,6 +85,13 @@ def daphne(env: dict[str, str], *, timeout: float = 20.0) -> Iterator[Site]:
         finally:
             if process.stderr is not None:
                 process.stderr.close()
+
+
+def unused_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def log_in(site: Site, username: str, password: str) -> str:

@@ -48,6 +48,7 @@
 
   function onOpen() {
     retries = 0;
+    document.body.dataset.connected = "true";
     showConnection("");
     if (conversationId) {
       sendFrame({ type: "watch", conversation: conversationId });
@@ -56,6 +57,7 @@
 
   function onClose(event) {
     socket = null;
+    document.body.dataset.connected = "false";
     setStreaming(null);
     if (event.code === 4401) {
       showConnection("Disconnected. Log in and reload the page to chat.");
@@ -368,9 +370,26 @@
 
   // ---- scrolling and notices -----------------------------------------------
 
+  // Follow the answer until the person scrolls up; follow again once they are
+  // back at the bottom. Intent comes from input events, which arrive before any
+  // delta can scroll the box back down (a scroll event may come too late).
   function onScroll() {
     var box = el.messages;
-    stickToBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) {
+      stickToBottom = true;
+    }
+  }
+
+  function onWheel(event) {
+    if (event.deltaY < 0) {
+      stickToBottom = false;
+    }
+  }
+
+  function onScrollKey(event) {
+    if (["PageUp", "ArrowUp", "Home"].indexOf(event.key) !== -1) {
+      stickToBottom = false;
+    }
   }
 
   function scrollToBottom(force) {
@@ -400,6 +419,9 @@
   el.newChat.addEventListener("click", newChat);
   el.conversations.addEventListener("click", onSidebarClick);
   el.messages.addEventListener("scroll", onScroll);
+  el.messages.addEventListener("wheel", onWheel, { passive: true });
+  el.messages.addEventListener("touchmove", function () { stickToBottom = false; }, { passive: true });
+  el.messages.addEventListener("keydown", onScrollKey);
   window.addEventListener("popstate", onPopState);
   window.history.replaceState({ conversation: conversationId }, "", window.location.href);
   markActive(conversationId);
