@@ -59,6 +59,9 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
+    for name in ("CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE"):
+        if not _positive_int(getattr(conf, name)):
+            errors.append(Error(f"{name} should be a positive integer.", id="chat.E012"))
     retries = conf.CHAT_MAX_RETRIES
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         errors.append(Error("CHAT_MAX_RETRIES should be an integer of 0 or more.", id="chat.E003"))

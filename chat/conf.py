@@ -72,6 +72,16 @@ class Settings:
         return getattr(settings, "CHAT_MAX_MESSAGE_CHARS", 32_000)
 
     @property
+    def CHAT_MAX_RUNNING_ANSWERS(self) -> int:
+        """Answers one user may have being written at once (in all conversations)."""
+        return getattr(settings, "CHAT_MAX_RUNNING_ANSWERS", 3)
+
+    @property
+    def CHAT_TURNS_PER_MINUTE(self) -> int:
+        """Messages one user may send in any 60 seconds."""
+        return getattr(settings, "CHAT_TURNS_PER_MINUTE", 20)
+
+    @property
     def CHAT_CHECKPOINT_INTERVAL(self) -> float:
         """Seconds between saves of a streaming answer's text."""
         return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)

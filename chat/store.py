@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from chat.conf import conf
 from chat.exceptions import ClientError
 from chat.models import Conversation, Message, Owner
 
@@ -56,6 +57,27 @@ def title_from(content: str) -> str:
     return title[:200]
 
 
+def check_limits(owner: Owner) -> None:
+    """Refuse a turn past the user's limits (checked in the database: every process agrees)."""
+    mine = Message.objects.filter(conversation__in=Conversation.objects.owned_by(owner))
+    running = mine.filter(role=Message.Roles.ASSISTANT, status=Message.Statuses.STREAMING)
+    limit = conf.CHAT_MAX_RUNNING_ANSWERS
+    if running.count() >= limit:
+        raise ClientError(
+            "too_many_answers",
+            f"You already have {limit} answers being written; wait for one to finish or stop it.",
+        )
+    per_minute = conf.CHAT_TURNS_PER_MINUTE
+    recent = mine.filter(
+        role=Message.Roles.USER, created_at__gte=timezone.now() - timedelta(minutes=1)
+    )
+    if recent.count() >= per_minute:
+        raise ClientError(
+            "slow_down",
+            f"You can send {per_minute} messages a minute; try again in a moment.",
+        )
+
+
 @in_db_thread
 def start_turn(
     owner: Owner,
@@ -67,6 +89,7 @@ def start_turn(
 ) -> Turn:
     """Store the user's message and an empty ``streaming`` answer; return the history."""
     with transaction.atomic():
+        check_limits(owner)
         if conversation_id is None:
             conversation = Conversation.objects.create(
                 owner_id=owner.user_id,

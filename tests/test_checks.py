@@ -33,6 +33,9 @@ def test_the_defaults_pass() -> None:
         pytest.param("CHAT_COMPLETION_OPTIONS", ["temperature"], "chat.E006", id="options"),
         pytest.param("CHAT_UPSTREAM_HEADERS", "x", "chat.E007", id="headers"),
         pytest.param("CHAT_MAX_EVENT_BYTES", 0, "chat.E008", id="event-bytes"),
+        pytest.param("CHAT_MAX_RUNNING_ANSWERS", 0, "chat.E012", id="running-answers"),
+        pytest.param("CHAT_TURNS_PER_MINUTE", "many", "chat.E012", id="turns-per-minute"),
+        pytest.param("CHAT_ORPHAN_AFTER", 0, "chat.E002", id="orphan-after"),
     ],
 )
 def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_id: str) -> None:

@@ -38,6 +38,13 @@ async def assert_still_serving(chat: ChatClient, fake_upstream: FakeUpstream) ->
         ),
         pytest.param('{"type": "stop"}', "invalid_frame", id="stop-without-message"),
         pytest.param('{"type": "watch", "conversation": 7}', "invalid_frame", id="watch-number"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "too_large", id="deep-and-huge-json"),
+        pytest.param('{"a":' * 5_000 + "1" + "}" * 5_000, "invalid_json", id="deep-json"),
+        pytest.param(
+            '{"type": "send", "content": "   ", "extra": {"x": [1, 2]}}',
+            "empty_content",
+            id="unknown-fields-do-not-matter",
+        ),
     ],
 )
 async def test_a_malformed_frame_gets_a_clear_error(

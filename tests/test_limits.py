@@ -1,0 +1,91 @@
+"""Per-user limits: running answers and messages per minute, answered with a clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from chat.models import Message
+from tests.conftest import Connect
+from tests.fake_upstream import HANG, FakeUpstream, chunk, completion, stream
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_user_cannot_run_more_answers_at_once_than_the_limit(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_MAX_RUNNING_ANSWERS = 2
+    hanging = stream(chunk("", role="assistant"), chunk("..."), HANG)
+    fake_upstream.script(hanging, hanging)
+    chat = await connect(user)
+    answers = []
+    for _ in range(2):
+        await chat.send("a long question")
+        frames = await chat.receive_until("delta")
+        answers.append(
+            next(
+                f["message"]["id"]
+                for f in frames
+                if f["type"] == "message" and f["message"]["role"] == "assistant"
+            )
+        )
+
+    await chat.send("one more")
+
+    error = await chat.receive()
+    assert (error["type"], error["code"]) == ("error", "too_many_answers")
+    assert await Message.objects.acount() == 4
+    for answer in answers:
+        await chat.stop(answer)
+    await chat.receive_until("done")
+
+
+async def test_a_user_cannot_send_more_messages_a_minute_than_the_limit(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_TURNS_PER_MINUTE = 2
+    fake_upstream.script(stream(*completion(["one"])), stream(*completion(["two"])))
+    chat = await connect(user)
+    for _ in range(2):
+        await chat.send("hi")
+        await chat.receive_until("done")
+
+    await chat.send("and again")
+
+    error = await chat.receive()
+    assert error["code"] == "slow_down" and "2 messages a minute" in error["detail"]
+    assert await Message.objects.filter(role="user").acount() == 2
+
+
+async def test_limits_are_per_user(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, other_user: Any, settings: Any
+) -> None:
+    settings.CHAT_TURNS_PER_MINUTE = 1
+    fake_upstream.script(stream(*completion(["mine"])), stream(*completion(["theirs"])))
+    for who in (user, other_user):
+        chat = await connect(who)
+        await chat.send("hi")
+        assert (await chat.receive_until("done"))[-1]["status"] == "complete"
+
+
+def test_the_production_settings_pass_the_deploy_checks() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "x" * 20 + "production-secret-key-that-is-long-and-random-7f3a9c2e",
+        "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
