@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 
 from chat import upstream
 from chat.generation import registry
+from chat.models import Message
 from project.asgi import application
 from tests.fake_upstream import FakeUpstream
 
@@ -141,3 +144,7 @@ async def connect(fake_upstream: FakeUpstream) -> AsyncIterator[Connect]:
             await asyncio.wait(registry.tasks)
     await fake_upstream.wait_idle()  # before closing the pool, which would hide a leak
     await upstream.aclose_client()
+    # Every answer the test ran has ended and been saved: none is left streaming.
+    # (Rows a test made orphans on purpose are old; an answer left behind is fresh.)
+    fresh = timezone.now() - timedelta(seconds=2)
+    assert not await Message.objects.filter(status="streaming", updated_at__gt=fresh).aexists()

@@ -62,6 +62,8 @@ class Reply:
     body: Sequence[Step] = ()
     #: Delay before the status line is sent (a slow first byte).
     delay: float = 0.0
+    #: Bytes sent instead of any HTTP response (then the connection is closed).
+    garbage: bytes = b""
 
 
 @dataclass
@@ -276,6 +278,11 @@ class FakeUpstream:
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply, request: Request) -> None:
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if reply.garbage:
+            writer.write(reply.garbage)
+            await writer.drain()
+            request.finished = True
+            return
         reasons = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
         head = [f"HTTP/1.1 {reply.status} {reasons.get(reply.status, 'Status')}"]
         head += [f"{name}: {value}" for name, value in reply.headers.items()]

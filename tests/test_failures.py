@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
@@ -181,10 +182,9 @@ async def test_a_stream_without_done_but_with_a_finish_reason_is_complete(
 
 
 async def test_an_oversized_event_fails_cleanly(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
-    settings.CHAT_MAX_EVENT_BYTES = 64 * 1024
-    huge = b"data: " + b"x" * (1024 * 1024) + b"\n\n"
+    huge = b"data: " + b"x" * (10 * 1024 * 1024) + b"\n\n"  # 10 MB, over the 4 MiB default
     fake_upstream.script(stream(*PARTIAL, huge, DONE))
     chat = await connect(user)
     frames, stored = await run_turn(chat)
@@ -202,3 +202,41 @@ async def test_a_slow_first_byte_past_the_timeout_is_reported(
     frames, _ = await run_turn(chat)
     assert frames[-1]["error"]["code"] == "upstream_unreachable"
     assert "did not answer in time" in frames[-1]["error"]["detail"]
+
+
+async def test_an_unknown_host_is_reported(connect: Connect, user: Any, settings: Any) -> None:
+    settings.OPENAI_BASE_URL = "http://no-such-host.invalid/v1"  # .invalid never resolves
+    settings.CHAT_MAX_RETRIES = 0
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_unreachable"
+    assert stored.status == "failed"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 20, id="tls-handshake"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="not-http"),
+    ],
+)
+async def test_a_server_that_does_not_speak_http_is_reported(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any, garbage: bytes
+) -> None:
+    settings.CHAT_MAX_RETRIES = 0
+    fake_upstream.script(Reply(garbage=garbage))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert frames[-1]["error"]["code"] == "upstream_unreachable"
+    assert stored.status == "failed"
+
+
+async def test_the_api_key_never_reaches_a_log_line(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, caplog: Any
+) -> None:
+    caplog.set_level("DEBUG")
+    fake_upstream.script(json_error(401, f"Incorrect API key provided: {API_KEY}"))
+    chat = await connect(user)
+    frames, _ = await run_turn(chat)
+    assert API_KEY not in json.dumps(frames)
+    assert all(API_KEY not in record.getMessage() for record in caplog.records)
