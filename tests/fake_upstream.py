@@ -74,7 +74,12 @@ class Request:
     body: bytes
     #: Set when the client closed the connection before the reply was finished.
     client_closed: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: bool = False
+    #: Set when the whole reply was written.
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.completed.is_set()
 
     @property
     def json(self) -> Any:
@@ -281,7 +286,7 @@ class FakeUpstream:
         if reply.garbage:
             writer.write(reply.garbage)
             await writer.drain()
-            request.finished = True
+            request.completed.set()
             return
         reasons = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
         head = [f"HTTP/1.1 {reply.status} {reasons.get(reply.status, 'Status')}"]
@@ -306,6 +311,6 @@ class FakeUpstream:
             elif step is RESET:
                 writer.transport.abort()
                 return
-        request.finished = True
+        request.completed.set()
         writer.write(b"0\r\n\r\n")
         await writer.drain()

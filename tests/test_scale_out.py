@@ -227,3 +227,49 @@ async def test_a_killed_process_leaves_an_interrupted_answer_with_its_text(
     lost = len(received) - len(saved)
     print(f"SIGKILL lost {lost} of {len(received)} characters received by the watcher")
     assert lost < 200
+
+
+async def test_a_new_turn_in_one_process_appears_in_the_other(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    upstream.script(stream(*completion(["first"])), stream(*completion(["second"])))
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, _ = await start_answer(a)
+        await receive_until(a, "done")
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        await b.recv()
+        await a.send(json.dumps({"type": "send", "conversation": conversation, "content": "more"}))
+        frames = await receive_until(b, "done")
+    contents = [f["message"]["content"] for f in frames if f["type"] == "message"]
+    assert contents == ["more", ""]
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == "second"
+
+
+async def test_an_answer_finishes_with_no_one_watching_and_is_there_on_the_next_visit(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    release = asyncio.Event()
+    upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            chunk("Written "),
+            Gate(release),
+            *completion(["while away."])[1:],
+        )
+    )
+    async with cluster.open(0) as a:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+    release.set()  # the only socket is closed: the answer goes on regardless
+    await asyncio.wait_for(upstream.requests[0].completed.wait(), timeout=10)
+    async with cluster.open(1) as b:
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        history = json.loads(await b.recv())
+        shown = next(m for m in history["messages"] if m["id"] == answer)
+        while shown["status"] == "streaming":  # saved a moment after the upstream finished
+            frames = await receive_until(b, "done")
+            shown = {
+                "status": frames[-1]["status"],
+                "content": rebuild_from(history, frames, answer),
+            }
+    assert (shown["status"], shown["content"]) == ("complete", "Written while away.")
