@@ -260,7 +260,10 @@ async def test_an_answer_finishes_with_no_one_watching_and_is_there_on_the_next_
     async with cluster.open(0) as a:
         conversation, answer = await start_answer(a)
         await receive_until(a, "delta")
-    release.set()  # the only socket is closed: the answer goes on regardless
+    # The only socket is closed; for a second, the upstream must not be closed.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(upstream.requests[0].client_closed.wait(), timeout=1)
+    release.set()
     await asyncio.wait_for(upstream.requests[0].completed.wait(), timeout=10)
     async with cluster.open(1) as b:
         await b.send(json.dumps({"type": "watch", "conversation": conversation}))
