@@ -42,8 +42,8 @@ def manage(env: dict[str, str], *args: str) -> None:
 
 
 @contextmanager
-def daphne(env: dict[str, str], *, timeout: float = 20.0) -> Iterator[Site]:
-    """Serve the project with daphne on a free port; stop it afterwards."""
+def daphne(env: dict[str, str], *, port: int = 0, timeout: float = 20.0) -> Iterator[Site]:
+    """Serve the project with daphne (on a free port by default); stop it afterwards."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -54,7 +54,7 @@ def daphne(env: dict[str, str], *, timeout: float = 20.0) -> Iterator[Site]:
             "-b",
             "127.0.0.1",
             "-p",
-            "0",
+            str(port),
             "project.asgi:application",
         ],
         cwd=ROOT,

@@ -53,7 +53,8 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             await browser.close()
 
 
-def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
+def prepare_site(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A migrated demo site with the user dora; returns its environment."""
     env = site_environment(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="60", **extra)
     manage(env, "migrate", "--noinput")
     manage(
@@ -63,7 +64,11 @@ def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
         "from django.contrib.auth.models import User; "
         "User.objects.create_user('dora', password='pw-dora-123')",
     )
-    with daphne(env) as site:
+    return env
+
+
+def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
+    with daphne(prepare_site(tmp_path, **extra)) as site:
         yield site
 
 
@@ -212,3 +217,23 @@ async def test_an_upstream_failure_is_shown_clearly(page: Any, tmp_path: Path) -
         await ask(chat, "Anyone there?")
         await finished(chat, "failed")
         await expect(last_answer(chat).locator(".chat-status")).to_contain_text("Could not connect")
+
+
+async def test_the_page_reconnects_after_the_server_drops_the_socket(
+    page: Any, tmp_path: Path
+) -> None:
+    env, port = prepare_site(tmp_path), unused_port()
+    with daphne(env, port=port) as site:
+        chat = await log_in(page, site)
+        await ask(chat, "Before the restart")
+        await finished(chat)
+    # The server is gone: the page says so and keeps trying, with backoff.
+    await expect(chat.locator("#connection")).to_contain_text("Reconnecting")
+    with daphne(env, port=port):
+        await expect(chat.locator("body[data-connected=true]")).to_be_attached(timeout=15_000)
+        await expect(chat.locator(".chat-user")).to_have_text(["Before the restart"])
+        await ask(chat, "After the restart")
+        await finished(chat)
+        await expect(chat.locator(".chat-user")).to_have_text(
+            ["Before the restart", "After the restart"]
+        )
