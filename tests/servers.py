@@ -41,6 +41,18 @@ def manage(env: dict[str, str], *args: str) -> None:
     )
 
 
+USER, PASSWORD = "dora", "pw-dora-123"
+
+
+def prepare_site(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A migrated demo site with the user ``USER``; returns its environment."""
+    env = site_environment(tmp_path, **extra)
+    manage(env, "migrate", "--noinput")
+    create = f"User.objects.create_user({USER!r}, password={PASSWORD!r})"
+    manage(env, "shell", "-c", f"from django.contrib.auth.models import User; {create}")
+    return env
+
+
 @contextmanager
 def daphne(env: dict[str, str], *, port: int = 0, timeout: float = 20.0) -> Iterator[Site]:
     """Serve the project with daphne (on a free port by default); stop it afterwards."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ROOT, Site, daphne, manage, site_environment, unused_port
+from tests.servers import PASSWORD, ROOT, USER, Site, daphne, prepare_site, unused_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -53,22 +53,8 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             await browser.close()
 
 
-def prepare_site(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A migrated demo site with the user dora; returns its environment."""
-    env = site_environment(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="60", **extra)
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('dora', password='pw-dora-123')",
-    )
-    return env
-
-
 def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
-    with daphne(prepare_site(tmp_path, **extra)) as site:
+    with daphne(prepare_site(tmp_path, **{"CHAT_DEMO_TOKENS_PER_SECOND": "60", **extra})) as site:
         yield site
 
 
@@ -79,8 +65,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 async def log_in(page: Any, site: Site) -> Any:
     await page.goto(site.url + "/chat/")
-    await page.fill("#id_username", "dora")
-    await page.fill("#id_password", "pw-dora-123")
+    await page.fill("#id_username", USER)
+    await page.fill("#id_password", PASSWORD)
     await page.click("button[type=submit]")
     await expect(page.locator("body[data-connected=true]")).to_be_attached()
     return page
@@ -222,7 +208,7 @@ async def test_an_upstream_failure_is_shown_clearly(page: Any, tmp_path: Path) -
 async def test_the_page_reconnects_after_the_server_drops_the_socket(
     page: Any, tmp_path: Path
 ) -> None:
-    env, port = prepare_site(tmp_path), unused_port()
+    env, port = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="60"), unused_port()
     with daphne(env, port=port) as site:
         chat = await log_in(page, site)
         await ask(chat, "Before the restart")

@@ -12,7 +12,7 @@ from django.test import AsyncClient
 
 from chat.demo import compose_answer
 from chat.sse import SSEDecoder
-from tests.servers import daphne, log_in, manage, site_environment
+from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
 
 @pytest.fixture
@@ -69,17 +69,9 @@ async def test_the_demo_is_off_when_a_real_model_is_configured(settings: Any) ->
 
 
 async def test_a_fresh_site_chats_with_the_demo_model_over_real_sockets(tmp_path: Path) -> None:
-    env = site_environment(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="2000")
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('dora', password='pw-dora-123')",
-    )
+    env = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="2000")
     with daphne(env) as site:
-        cookie = await log_in(site, "dora", "pw-dora-123")
+        cookie = await log_in(site, USER, PASSWORD)
         async with websockets.connect(
             site.ws_url + "/ws/chat/",
             additional_headers={"Cookie": cookie, "Origin": site.url},

@@ -16,7 +16,7 @@ from chat.lifespan import LifespanApp, shutdown
 from chat.models import Message
 from tests.conftest import Connect, rebuild
 from tests.fake_upstream import HANG, FakeUpstream, chunk, stream
-from tests.servers import daphne, log_in, manage, site_environment
+from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,18 +67,10 @@ async def test_the_lifespan_app_runs_shutdown(monkeypatch: Any) -> None:
 
 
 async def test_stopping_daphne_mid_answer_keeps_the_partial_answer(tmp_path: Path) -> None:
-    env = site_environment(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="20")
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('dora', password='pw-dora-123')",
-    )
+    env = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="20")
     received = ""
     with daphne(env) as site:
-        cookie = await log_in(site, "dora", "pw-dora-123")
+        cookie = await log_in(site, USER, PASSWORD)
         async with websockets.connect(
             site.ws_url + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": site.url}
         ) as socket:
