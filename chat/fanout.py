@@ -201,9 +201,6 @@ class Hub:
             return None
         return await remote.ask(conversation_id, body, timeout)
 
-    def watching(self, conversation_id: uuid.UUID) -> int:
-        return len(self._watchers.get(conversation_id, ()))
-
     async def close(self) -> None:
         """Stop listening to other processes (on shutdown)."""
         if self._remote is not None:

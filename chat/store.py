@@ -217,10 +217,5 @@ def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
     )
 
 
-@in_db_thread
-def list_conversations(owner: Owner, *, limit: int = 100) -> list[Conversation]:
-    return list(Conversation.objects.owned_by(owner)[:limit])
-
-
 def as_duration(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
