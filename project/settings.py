@@ -168,7 +168,8 @@ CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
 for _name in ("CHAT_DEMO_TOKENS_PER_SECOND", "CHAT_ORPHAN_AFTER", "CHAT_CHECKPOINT_INTERVAL"):
     if os.environ.get(_name):
         globals()[_name] = float(os.environ[_name])
-if os.environ.get("CHAT_MAX_RETRIES"):
-    CHAT_MAX_RETRIES = int(os.environ["CHAT_MAX_RETRIES"])
+for _name in ("CHAT_MAX_RETRIES", "CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE"):
+    if os.environ.get(_name):
+        globals()[_name] = int(os.environ[_name])
 if os.environ.get("CHAT_ON_DISCONNECT"):
     CHAT_ON_DISCONNECT = os.environ["CHAT_ON_DISCONNECT"]

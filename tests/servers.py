@@ -7,7 +7,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ class Site:
     url: str
     ws_url: str
     process: subprocess.Popen[str]
+    log: deque[str]
 
 
 def site_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -78,18 +81,20 @@ def daphne(env: dict[str, str], *, port: int = 0, timeout: float = 20.0) -> Iter
     try:
         assert process.stderr is not None
         deadline = time.monotonic() + timeout
-        port = None
-        seen = []
-        while port is None and time.monotonic() < deadline:
+        bound = None
+        seen: deque[str] = deque(maxlen=200)
+        while bound is None and time.monotonic() < deadline:
             line = process.stderr.readline()
             if not line:
                 break
             seen.append(line)
             if match := LISTENING.search(line):
-                port = match.group(1)
-        if port is None:
+                bound = match.group(1)
+        if bound is None:
             raise RuntimeError("daphne did not start:\n" + "".join(seen))
-        yield Site(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", process)
+        # Keep reading its log, so that a full pipe never blocks the server.
+        threading.Thread(target=seen.extend, args=(process.stderr,), daemon=True).start()
+        yield Site(f"http://127.0.0.1:{bound}", f"ws://127.0.0.1:{bound}", process, seen)
     finally:
         process.terminate()
         try:
