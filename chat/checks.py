@@ -56,6 +56,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         "CHAT_MAX_RETRY_AFTER",
         "CHAT_DEMO_TOKENS_PER_SECOND",
         "CHAT_ORPHAN_AFTER",
+        "CHAT_FRAMES_PER_SECOND",
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))

@@ -82,6 +82,11 @@ class Settings:
         return getattr(settings, "CHAT_TURNS_PER_MINUTE", 20)
 
     @property
+    def CHAT_FRAMES_PER_SECOND(self) -> float:
+        """Frames one socket may send a second (bursts of twice that)."""
+        return getattr(settings, "CHAT_FRAMES_PER_SECOND", 20.0)
+
+    @property
     def CHAT_CHECKPOINT_INTERVAL(self) -> float:
         """Seconds between saves of a streaming answer's text."""
         return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)

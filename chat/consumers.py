@@ -24,6 +24,7 @@ from chat.conf import conf
 from chat.exceptions import ClientError
 from chat.fanout import Frame, hub
 from chat.generation import Generation, registry
+from chat.limits import FrameBucket
 from chat.models import Message, Owner
 from chat.protocol import (
     Send,
@@ -42,6 +43,7 @@ from chat.upstream import UpstreamConfig
 logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_TOO_MANY_FRAMES = 4429
 
 
 def owner_of(scope: dict[str, Any]) -> Owner | None:
@@ -72,6 +74,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.outbox: deque[Frame] = deque()
         self.wake = asyncio.Event()
         self.holding = False  # while a history is prepared, frames wait in the outbox
+        self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
         await self.accept()
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
@@ -94,6 +97,13 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.owner is None:
+            return
+        if not self.bucket.take():
+            if self.bucket.abusive:
+                await self.close(code=CLOSE_TOO_MANY_FRAMES)
+            else:
+                detail = f"Too many frames: at most {conf.CHAT_FRAMES_PER_SECOND:g} a second."
+                await self.send_frame(error_frame("slow_down", detail))
             return
         try:
             if text_data is None:

@@ -73,6 +73,23 @@ async def test_limits_are_per_user(
         assert (await chat.receive_until("done"))[-1]["status"] == "complete"
 
 
+async def test_a_socket_that_floods_is_slowed_down_then_closed(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_FRAMES_PER_SECOND = 5  # bursts of 10
+    chat = await connect(user)
+    unknown = {"type": "watch", "conversation": "00000000-0000-0000-0000-000000000000"}
+    for _ in range(40):
+        await chat.send_json(unknown)
+    codes = [(await chat.receive())["code"] for _ in range(20)]
+    assert codes[:10] == ["not_found"] * 10  # the burst is served
+    assert codes[10:] == ["slow_down"] * 10  # then the socket is told to slow down
+    assert await chat.communicator.receive_output(timeout=2) == {
+        "type": "websocket.close",
+        "code": 4429,
+    }  # and a socket that does not listen is closed
+
+
 def test_the_production_settings_pass_the_deploy_checks() -> None:
     env = {
         "PATH": "/usr/bin:/bin",
