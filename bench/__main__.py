@@ -63,7 +63,7 @@ FULL = [
 ]
 QUICK = [
     Scenario("20 idle sockets", idle_sockets=20),
-    Scenario("3 streams × 40 tokens at 200/s", 3, 40, 200),
+    Scenario("8 streams × 40 tokens at 200/s", 8, 40, 200),
     Scenario("2 streams × 200 tokens, as fast as possible", 2, 200, 0),
 ]
 
