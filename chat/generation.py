@@ -22,7 +22,7 @@ from chat import store
 from chat.conf import conf
 from chat.exceptions import UpstreamError
 from chat.fanout import Frame, hub
-from chat.protocol import DoneFrame, ErrorInfo, FinalStatus
+from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, ReasoningFrame
 from chat.rendering import render_markdown
 from chat.upstream import Answer, UpstreamConfig, stream_answer
 
@@ -122,18 +122,24 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                await self.publish(
-                    {"type": "delta", "message": self._id, "index": index, "text": content},
-                    remote=self.shared,
-                )
+                delta: DeltaFrame = {
+                    "type": "delta",
+                    "message": self._id,
+                    "index": index,
+                    "text": content,
+                }
+                await self.publish(delta, remote=self.shared)
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
-                await self.publish(
-                    {"type": "reasoning", "message": self._id, "index": index, "text": reasoning},
-                    remote=self.shared,
-                )
+                thought: ReasoningFrame = {
+                    "type": "reasoning",
+                    "message": self._id,
+                    "index": index,
+                    "text": reasoning,
+                }
+                await self.publish(thought, remote=self.shared)
 
     def checkpoint(self, *, heartbeat: bool = False) -> store.Checkpoint | None:
         """What to save of this answer now, or None if nothing changed since the last save.

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-
-Role = Literal["system", "user", "assistant"]
-Status = Literal["streaming", "complete", "stopped", "failed", "interrupted"]
 
 
 @dataclass(frozen=True, slots=True)

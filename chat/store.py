@@ -207,14 +207,8 @@ def load_conversation(
 @in_db_thread
 def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
     """``owner``'s message with this id, or None (also when it is someone else's)."""
-    return (
-        Message.objects.filter(
-            pk=message_id,
-            conversation__in=Conversation.objects.owned_by(owner),
-        )
-        .select_related(None)
-        .first()
-    )
+    mine = Conversation.objects.owned_by(owner)
+    return Message.objects.filter(pk=message_id, conversation__in=mine).first()
 
 
 def as_duration(seconds: float | None) -> timedelta | None:

@@ -23,7 +23,7 @@ import httpx
 import orjson
 
 from chat import network
-from chat.conf import conf
+from chat.conf import DEFAULT_BASE_URL, conf
 from chat.exceptions import (
     UpstreamAuthError,
     UpstreamDisconnected,
@@ -65,7 +65,7 @@ class UpstreamConfig:
     def from_settings(cls, *, base_url: str | None = None) -> UpstreamConfig:
         """Build from ``chat.conf``; ``base_url`` overrides it (the demo model's own URL)."""
         return cls(
-            base_url=(base_url or conf.OPENAI_BASE_URL or "https://api.openai.com/v1").rstrip("/"),
+            base_url=(base_url or conf.OPENAI_BASE_URL or DEFAULT_BASE_URL).rstrip("/"),
             api_key=conf.OPENAI_API_KEY,
             model=conf.CHAT_MODEL,
             connect_timeout=conf.CHAT_CONNECT_TIMEOUT,

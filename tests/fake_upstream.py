@@ -165,6 +165,18 @@ def stream(*steps: Step, headers: dict[str, str] | None = None) -> Reply:
     return Reply(200, headers or {"content-type": "text/event-stream"}, steps)
 
 
+def hanging(*texts: str) -> Reply:
+    """An answer that sends ``texts``, then nothing more until the client goes away."""
+    return stream(chunk("", role="assistant"), *(chunk(text) for text in texts), HANG)
+
+
+def paused(before: Sequence[str], gate: asyncio.Event, after: Sequence[str]) -> Reply:
+    """An answer that sends ``before``, waits for the test to set ``gate``, then ends normally."""
+    return stream(
+        chunk("", role="assistant"), *(chunk(t) for t in before), Gate(gate), *completion(after)[1:]
+    )
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
     body = json.dumps({"error": {"message": message, "type": "error", "code": None}}).encode()
     return Reply(status, {"content-type": "application/json", **(headers or {})}, [body])

@@ -9,7 +9,7 @@ import pytest
 
 from chat.models import Conversation, Message
 from tests.conftest import ChatClient, Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -112,7 +112,7 @@ async def test_an_unknown_conversation_is_not_found(
 async def test_a_second_send_while_an_answer_runs_is_refused(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("working"), HANG))
+    fake_upstream.script(hanging("working"))
     chat = await connect(user)
     await chat.send("first")
     frames = await chat.receive_until("delta")

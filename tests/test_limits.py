@@ -10,7 +10,7 @@ import pytest
 
 from chat.models import Message
 from tests.conftest import Connect
-from tests.fake_upstream import HANG, FakeUpstream, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,8 +20,8 @@ async def test_a_user_cannot_run_more_answers_at_once_than_the_limit(
     connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
 ) -> None:
     settings.CHAT_MAX_RUNNING_ANSWERS = 2
-    hanging = stream(chunk("", role="assistant"), chunk("..."), HANG)
-    fake_upstream.script(hanging, hanging)
+    answer = hanging("...")
+    fake_upstream.script(answer, answer)
     chat = await connect(user)
     answers = []
     for _ in range(2):

@@ -12,7 +12,7 @@ import trustme
 
 from chat import network, upstream
 from tests.conftest import Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +62,7 @@ async def test_an_answer_streams_over_tls(
 async def test_stop_closes_a_tls_upstream_too(
     connect: Connect, tls_upstream: FakeUpstream, user: Any
 ) -> None:
-    tls_upstream.script(stream(chunk("", role="assistant"), chunk("forever"), HANG))
+    tls_upstream.script(hanging("forever"))
     chat = await connect(user)
     await chat.send("hi")
     frames = await chat.receive_until("delta")

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
 from tests.servers import Site, daphne, log_in, manage, site_environment
 
 PG = os.environ.get("CHAT_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
@@ -142,14 +142,7 @@ async def test_an_answer_generated_on_one_process_streams_to_a_socket_on_another
     cluster: Cluster, upstream: FakeUpstream
 ) -> None:
     release = asyncio.Event()
-    upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("From "),
-            Gate(release),
-            *completion(["process ", "A."])[1:],
-        )
-    )
+    upstream.script(paused(["From "], release, ["process ", "A."]))
     async with cluster.open(0) as a, cluster.open(1) as b:
         conversation, answer = await start_answer(a)
         await b.send(json.dumps({"type": "watch", "conversation": conversation}))
@@ -163,7 +156,7 @@ async def test_an_answer_generated_on_one_process_streams_to_a_socket_on_another
 async def test_a_stop_on_another_process_closes_the_upstream(
     cluster: Cluster, upstream: FakeUpstream
 ) -> None:
-    upstream.script(stream(chunk("", role="assistant"), chunk("endless"), HANG))
+    upstream.script(hanging("endless"))
     async with cluster.open(0) as a, cluster.open(1) as b:
         conversation, answer = await start_answer(a)
         await receive_until(a, "delta")
@@ -249,14 +242,7 @@ async def test_an_answer_finishes_with_no_one_watching_and_is_there_on_the_next_
     cluster: Cluster, upstream: FakeUpstream
 ) -> None:
     release = asyncio.Event()
-    upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("Written "),
-            Gate(release),
-            *completion(["while away."])[1:],
-        )
-    )
+    upstream.script(paused(["Written "], release, ["while away."]))
     async with cluster.open(0) as a:
         conversation, answer = await start_answer(a)
         await receive_until(a, "delta")

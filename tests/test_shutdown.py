@@ -15,7 +15,7 @@ import websockets
 from chat.lifespan import LifespanApp, shutdown
 from chat.models import Message
 from tests.conftest import Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, chunk, stream
+from tests.fake_upstream import FakeUpstream, hanging
 from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def test_shutdown_saves_running_answers_as_interrupted(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
-    fake_upstream.script(
-        stream(chunk("", role="assistant"), chunk("Half an"), chunk(" answer"), HANG)
-    )
+    fake_upstream.script(hanging("Half an", " answer"))
     chat = await connect(user)
     await chat.send("go")
     while rebuild(chat.frames) != "Half an answer":

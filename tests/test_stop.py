@@ -10,11 +10,11 @@ import pytest
 from chat.generation import registry
 from chat.models import Message
 from tests.conftest import Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HANGING_ANSWER = stream(chunk("", role="assistant"), chunk("Once upon"), chunk(" a time"), HANG)
+HANGING_ANSWER = hanging("Once upon", " a time")
 
 
 async def start_hanging_answer(chat: Any) -> str:
@@ -83,15 +83,7 @@ async def test_by_default_an_answer_outlives_its_socket(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("Once upon"),
-            chunk(" a time"),
-            Gate(release),
-            *completion([", the end."])[1:],
-        )
-    )
+    fake_upstream.script(paused(["Once upon", " a time"], release, [", the end."]))
     chat = await connect(user)
     answer_id = await start_hanging_answer(chat)
     await chat.communicator.disconnect()

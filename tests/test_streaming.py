@@ -10,7 +10,7 @@ import pytest
 from chat import store
 from chat.models import Conversation, Message
 from tests.conftest import API_KEY, Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+from tests.fake_upstream import HANG, FakeUpstream, completion, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,11 +81,7 @@ async def test_the_first_delta_is_forwarded_before_the_upstream_finishes(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"), chunk("first"), Gate(release), *completion(["second"])[1:]
-        )
-    )
+    fake_upstream.script(paused(["first"], release, ["second"]))
     chat = await connect(user)
     await chat.send("go")
 

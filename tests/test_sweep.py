@@ -13,7 +13,7 @@ from chat import store
 from chat.models import Conversation, Message
 from chat.sweep import sweep_once
 from tests.conftest import Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, chunk, stream
+from tests.fake_upstream import FakeUpstream, hanging
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,7 +79,7 @@ async def test_a_quiet_running_answer_keeps_its_row_fresh_for_other_processes(
 ) -> None:
     settings.CHAT_ORPHAN_AFTER = 0.3  # quieter than this, yet alive
     settings.CHAT_CHECKPOINT_INTERVAL = 0.05
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("thinking..."), HANG))
+    fake_upstream.script(hanging("thinking..."))
     chat = await connect(user)
     await chat.send("go")
     frames = await chat.receive_until("delta")

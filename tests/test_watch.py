@@ -10,7 +10,7 @@ import pytest
 from chat import store
 from chat.generation import Generation
 from tests.conftest import ChatClient, Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,15 +47,7 @@ async def test_a_tab_opened_mid_answer_gets_every_character_exactly_once(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
     release = asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("Alpha "),
-            chunk("beta "),
-            Gate(release),
-            *completion(["gamma ", "delta"])[1:],
-        )
-    )
+    fake_upstream.script(paused(["Alpha ", "beta "], release, ["gamma ", "delta"]))
     first = await connect(user)
     conversation, _ = await first_turn(first)
     while rebuild(first.frames) != "Alpha beta ":
@@ -81,7 +73,7 @@ async def test_a_tab_opened_mid_answer_gets_every_character_exactly_once(
 async def test_a_stop_from_another_tab_stops_the_answer(
     connect: Connect, fake_upstream: FakeUpstream, user: Any
 ) -> None:
-    fake_upstream.script(stream(chunk("", role="assistant"), chunk("endless"), HANG))
+    fake_upstream.script(hanging("endless"))
     first = await connect(user)
     conversation, answer = await first_turn(first)
     second = await connect(user)
@@ -118,11 +110,7 @@ async def test_closing_one_of_two_tabs_does_not_stop_the_answer(
 ) -> None:
     settings.CHAT_ON_DISCONNECT = "stop"  # even then, another tab still watches
     release = asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"), chunk("still "), Gate(release), *completion(["going"])[1:]
-        )
-    )
+    fake_upstream.script(paused(["still "], release, ["going"]))
     first = await connect(user)
     conversation, _ = await first_turn(first)
     second = await connect(user)
@@ -143,7 +131,7 @@ async def test_switching_conversations_stops_the_old_frames(
     release = asyncio.Event()
     fake_upstream.script(
         stream(*completion(["first"])),
-        stream(chunk("", role="assistant"), chunk("A"), Gate(release), *completion(["B"])[1:]),
+        paused(["A"], release, ["B"]),
     )
     chat = await connect(user)
     old, _ = await first_turn(chat)
@@ -204,11 +192,7 @@ async def test_a_delta_published_while_the_history_is_read_is_not_shown_twice(
         return result
 
     monkeypatch.setattr(Generation, "publish", publish)
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"), chunk("Alpha "), Gate(release), *completion(["beta "])[1:]
-        )
-    )
+    fake_upstream.script(paused(["Alpha "], release, ["beta "]))
     first = await connect(user)
     conversation, _ = await first_turn(first)
     await first.receive_until("delta")
