@@ -57,10 +57,11 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         "CHAT_DEMO_TOKENS_PER_SECOND",
         "CHAT_ORPHAN_AFTER",
         "CHAT_FRAMES_PER_SECOND",
+        "CHAT_SLOW_CLIENT_TIMEOUT",
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
-    for name in ("CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE"):
+    for name in ("CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE", "CHAT_SEND_WINDOW"):
         if not _positive_int(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive integer.", id="chat.E012"))
     retries = conf.CHAT_MAX_RETRIES

@@ -87,6 +87,16 @@ class Settings:
         return getattr(settings, "CHAT_FRAMES_PER_SECOND", 20.0)
 
     @property
+    def CHAT_SEND_WINDOW(self) -> int:
+        """Characters a socket may be sent before the page proves it read them (see ``ping``)."""
+        return getattr(settings, "CHAT_SEND_WINDOW", 1024 * 1024)
+
+    @property
+    def CHAT_SLOW_CLIENT_TIMEOUT(self) -> float:
+        """Seconds a socket may hold a full send window before it is closed (code 4408)."""
+        return getattr(settings, "CHAT_SLOW_CLIENT_TIMEOUT", 30.0)
+
+    @property
     def CHAT_CHECKPOINT_INTERVAL(self) -> float:
         """Seconds between saves of a streaming answer's text."""
         return getattr(settings, "CHAT_CHECKPOINT_INTERVAL", 1.0)

@@ -24,9 +24,10 @@ from chat.conf import conf
 from chat.exceptions import ClientError
 from chat.fanout import Frame, hub
 from chat.generation import Generation, registry
-from chat.limits import FrameBucket
+from chat.limits import FrameBucket, SendWindow
 from chat.models import Message, Owner
 from chat.protocol import (
+    Pong,
     Send,
     Stop,
     Watch,
@@ -43,6 +44,7 @@ from chat.upstream import UpstreamConfig
 logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_NOT_READING = 4408
 CLOSE_TOO_MANY_FRAMES = 4429
 
 
@@ -75,6 +77,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.wake = asyncio.Event()
         self.holding = False  # while a history is prepared, frames wait in the outbox
         self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
+        self.window = SendWindow(conf.CHAT_SEND_WINDOW)
         await self.accept()
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
@@ -93,7 +96,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await sender
 
     async def send_frame(self, frame: Any) -> None:
-        await self.send(text_data=dumps(frame))
+        data = dumps(frame)
+        self.window.sent += len(data)
+        await self.send(text_data=data)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.owner is None:
@@ -115,6 +120,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.stop_answer(frame)
             elif isinstance(frame, Watch):
                 await self.show_conversation(frame.conversation)
+            elif isinstance(frame, Pong) and not self.window.confirm(frame.nonce):
+                raise ClientError("invalid_frame", "No ping with that nonce is waiting.")
         except ClientError as error:
             await self.send_frame(error_frame(error.code, error.detail))
 
@@ -223,7 +230,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 "conversation": conversation_payload(conversation),
                 "messages": payloads,
             }
-            self.outbox.appendleft(history)  # before every frame held meanwhile
+            # Before every frame held meanwhile; a history not sent yet is stale now.
+            stale = [frame for frame in self.outbox if frame["type"] == "history"]
+            for frame in stale:
+                self.outbox.remove(frame)
+            self.outbox.appendleft(history)
         finally:
             self.holding = False
             self.wake.set()
@@ -271,10 +282,33 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.wake.wait()
             self.wake.clear()
             while self.outbox and not self.holding:
+                if self.window.full and not await self.wait_for_reader():
+                    logger.info("Closing a socket that read nothing for a full send window")
+                    await self.close(code=CLOSE_NOT_READING)
+                    return
                 frames = list(self.outbox)
                 self.outbox.clear()
                 for frame in coalesce(frames):
                     await self.forward(frame)
+                await self.ping_if_due()
+
+    async def ping_if_due(self) -> None:
+        nonce = self.window.ping()
+        if nonce is not None:
+            # Not counted in the window: a ping is tiny, and counting it would make it due again.
+            await self.send(text_data=dumps({"type": "ping", "nonce": nonce}))
+
+    async def wait_for_reader(self) -> bool:
+        """Hold further frames until the page proves it read; False if it does not in time."""
+        await self.ping_if_due()
+        try:
+            async with asyncio.timeout(conf.CHAT_SLOW_CLIENT_TIMEOUT):
+                while self.window.full:
+                    self.window.moved.clear()
+                    await self.window.moved.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def forward(self, frame: Frame) -> None:
         """Send one frame if it is ours to show, trimmed to what this socket lacks."""

@@ -43,7 +43,14 @@ class Watch:
     conversation: uuid.UUID
 
 
-ClientFrame = Send | Stop | Watch
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The page's echo of a ``ping``: proof that it read everything sent before it."""
+
+    nonce: str
+
+
+ClientFrame = Send | Stop | Watch | Pong
 
 
 def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
@@ -75,7 +82,14 @@ def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
         return Stop(message=_uuid(data, "message"))
     if kind == "watch":
         return Watch(conversation=_uuid(data, "conversation"))
-    raise ClientError("unknown_type", "The frame 'type' must be one of 'send', 'stop' or 'watch'.")
+    if kind == "pong":
+        nonce = data.get("nonce")
+        if not isinstance(nonce, str):
+            raise ClientError("invalid_frame", "'nonce' must be a string.")
+        return Pong(nonce=nonce)
+    raise ClientError(
+        "unknown_type", "The frame 'type' must be one of 'send', 'stop', 'watch' or 'pong'."
+    )
 
 
 def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:

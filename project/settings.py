@@ -165,10 +165,20 @@ if os.environ.get("CHAT_MODEL"):
     CHAT_MODEL = os.environ["CHAT_MODEL"]
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "")
 CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
-for _name in ("CHAT_DEMO_TOKENS_PER_SECOND", "CHAT_ORPHAN_AFTER", "CHAT_CHECKPOINT_INTERVAL"):
+for _name in (
+    "CHAT_DEMO_TOKENS_PER_SECOND",
+    "CHAT_ORPHAN_AFTER",
+    "CHAT_CHECKPOINT_INTERVAL",
+    "CHAT_SLOW_CLIENT_TIMEOUT",
+):
     if os.environ.get(_name):
         globals()[_name] = float(os.environ[_name])
-for _name in ("CHAT_MAX_RETRIES", "CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE"):
+for _name in (
+    "CHAT_MAX_RETRIES",
+    "CHAT_MAX_RUNNING_ANSWERS",
+    "CHAT_TURNS_PER_MINUTE",
+    "CHAT_SEND_WINDOW",
+):
     if os.environ.get(_name):
         globals()[_name] = int(os.environ[_name])
 if os.environ.get("CHAT_ON_DISCONNECT"):

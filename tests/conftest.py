@@ -54,6 +54,14 @@ class ChatClient:
         await self.communicator.send_to(text_data=json.dumps(frame))
 
     async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next frame; like the page, it echoes each ``ping`` (not returned)."""
+        while True:
+            frame = await self.receive_raw(timeout)
+            if frame["type"] != "ping":
+                return frame
+            await self.send_json({"type": "pong", "nonce": frame["nonce"]})
+
+    async def receive_raw(self, timeout: float = 5.0) -> dict[str, Any]:
         frame: dict[str, Any] = json.loads(await self.communicator.receive_from(timeout=timeout))
         self.frames.append(frame)
         return frame

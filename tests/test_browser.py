@@ -54,7 +54,9 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 
 
 def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
-    with daphne(prepare_site(tmp_path, **{"CHAT_DEMO_TOKENS_PER_SECOND": "60", **extra})) as site:
+    # A small send window: the page must echo pings for any answer to arrive whole.
+    defaults = {"CHAT_DEMO_TOKENS_PER_SECOND": "60", "CHAT_SEND_WINDOW": "2000"}
+    with daphne(prepare_site(tmp_path, **{**defaults, **extra})) as site:
         yield site
 
 

@@ -38,6 +38,7 @@ async def assert_still_serving(chat: ChatClient, fake_upstream: FakeUpstream) ->
         ),
         pytest.param('{"type": "stop"}', "invalid_frame", id="stop-without-message"),
         pytest.param('{"type": "watch", "conversation": 7}', "invalid_frame", id="watch-number"),
+        pytest.param('{"type": "pong", "nonce": null}', "invalid_frame", id="pong-without-nonce"),
         pytest.param("[" * 100_000 + "]" * 100_000, "too_large", id="deep-and-huge-json"),
         pytest.param('{"a":' * 5_000 + "1" + "}" * 5_000, "invalid_json", id="deep-json"),
         pytest.param(

@@ -86,6 +86,7 @@
     reasoning: onReasoning,
     done: onDone,
     error: onError,
+    ping: onPing,
   };
 
   function onFrame(event) {
@@ -169,6 +170,11 @@
     }
     finishMessage(message, frame);
     scrollToBottom(false);
+  }
+
+  function onPing(frame) {
+    // The echo proves this page read everything before the ping (see docs/protocol.md).
+    sendFrame({ type: "pong", nonce: frame.nonce });
   }
 
   function onError(frame) {

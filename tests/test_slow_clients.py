@@ -1,0 +1,93 @@
+"""A socket that stops reading costs bounded memory, and a page that reads loses nothing.
+
+daphne queues whatever the application sends in an uncapped write buffer, so
+the consumer keeps its own account: a page must echo a ``ping`` to prove it
+read what came before, and a socket that lets ``CHAT_SEND_WINDOW`` characters
+go unproven is sent nothing more and, after ``CHAT_SLOW_CLIENT_TIMEOUT``
+seconds, closed with code 4408.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chat.models import Conversation, Message
+from tests.conftest import Connect, rebuild
+from tests.fake_upstream import FakeUpstream, completion, stream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WINDOW = 20_000
+
+
+@pytest.fixture(autouse=True)
+def small_window(settings: Any) -> None:
+    settings.CHAT_SEND_WINDOW = WINDOW
+    settings.CHAT_SLOW_CLIENT_TIMEOUT = 0.5
+
+
+async def long_conversation(user: Any) -> Conversation:
+    conversation = await Conversation.objects.acreate(owner=user, title="long")
+    for n in range(10):
+        await Message.objects.acreate(conversation=conversation, role="user", content=f"q{n}")
+        await Message.objects.acreate(
+            conversation=conversation, role="assistant", content=f"answer {n} " + "word " * 1000
+        )
+    return conversation
+
+
+async def test_a_socket_that_never_reads_is_sent_one_window_and_then_closed(
+    connect: Connect, user: Any
+) -> None:
+    conversation = await long_conversation(user)
+    chat = await connect(user)
+
+    # Each ``watch`` would cost a whole history (over the window) in buffers.
+    for _ in range(10):
+        await chat.watch(str(conversation.id))
+
+    sent: list[dict[str, Any]] = []
+    while (output := await chat.communicator.receive_output(timeout=5))["type"] == "websocket.send":
+        sent.append(json.loads(output["text"]))
+    assert (output["type"], output["code"]) == ("websocket.close", 4408)
+    assert [frame["type"] for frame in sent] == ["history", "ping"]
+
+
+async def test_a_page_that_echoes_pings_is_sent_everything(connect: Connect, user: Any) -> None:
+    conversation = await long_conversation(user)
+    chat = await connect(user)
+
+    histories = []
+    for _ in range(10):
+        await chat.watch(str(conversation.id))
+        histories.append((await chat.receive_until("history"))[-1])
+
+    assert [len(history["messages"]) for history in histories] == [20] * 10
+    # Each history is over the window: the page had to prove it read each one.
+    assert sum(frame["type"] == "ping" for frame in chat.frames) >= 9
+
+
+async def test_an_answer_longer_than_the_window_arrives_whole_to_a_page_that_reads(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    tokens = [f"token{n} " for n in range(10_000)]
+    fake_upstream.script(stream(*completion(tokens)))
+    chat = await connect(user)
+
+    await chat.send("a long answer, please")
+    frames = await chat.receive_until("done", timeout=20)
+
+    assert rebuild(frames) == "".join(tokens)
+    assert frames[-1]["status"] == "complete"
+
+
+async def test_an_echo_of_a_ping_never_sent_is_refused(connect: Connect, user: Any) -> None:
+    chat = await connect(user)
+
+    await chat.send_json({"type": "pong", "nonce": "guessed"})
+
+    error = await chat.receive()
+    assert (error["type"], error["code"]) == ("error", "invalid_frame")
