@@ -27,9 +27,12 @@ from chat.generation import Generation, registry
 from chat.limits import FrameBucket, SendWindow
 from chat.models import Message, Owner
 from chat.protocol import (
+    Edit,
     Pong,
+    Regenerate,
     Send,
     Stop,
+    Switch,
     Watch,
     coalesce,
     conversation_payload,
@@ -114,8 +117,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if text_data is None:
                 raise ClientError("invalid_frame", "Frames must be JSON text, not binary.")
             frame = parse_client_frame(text_data, max_chars=conf.CHAT_MAX_MESSAGE_CHARS)
-            if isinstance(frame, Send):
+            if isinstance(frame, Send | Edit | Regenerate):
                 await self.start_turn(frame)
+            elif isinstance(frame, Switch):
+                assert self.owner is not None
+                conversation = await store.switch_branch(self.owner, frame.message)
+                await self.show_conversation(conversation)
             elif isinstance(frame, Stop):
                 await self.stop_answer(frame)
             elif isinstance(frame, Watch):
@@ -127,16 +134,19 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     # Client frames ---------------------------------------------------------
 
-    async def start_turn(self, frame: Send) -> None:
+    async def start_turn(self, frame: Send | Edit | Regenerate) -> None:
+        """Store the turn the frame asks for and start its answer."""
         assert self.owner is not None
         config = self.upstream_config()
-        turn = await store.start_turn(
-            self.owner,
-            frame.conversation,
-            frame.content,
-            model=config.model,
-            system_prompt=conf.CHAT_SYSTEM_PROMPT,
-        )
+        options = {"model": config.model, "system_prompt": conf.CHAT_SYSTEM_PROMPT}
+        if isinstance(frame, Send):
+            turn = await store.start_turn(
+                self.owner, frame.conversation, frame.content, parent_id=frame.parent, **options
+            )
+        elif isinstance(frame, Edit):
+            turn = await store.edit_turn(self.owner, frame.message, frame.content, **options)
+        else:
+            turn = await store.regenerate_turn(self.owner, frame.message, **options)
         conversation_id = turn.conversation.id
         await self.watch(conversation_id)
         if turn.created:
@@ -155,12 +165,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         registry.register(generation)
         try:
             # Published, so that every tab on this conversation sees the new turn.
-            await generation.publish(
-                {"type": "message", "message": message_payload(turn.user_message)}
-            )
-            await generation.publish(
-                {"type": "message", "message": message_payload(turn.assistant_message)}
-            )
+            for message in (turn.user_message, turn.assistant_message):
+                if message is not None:
+                    payload = message_payload(message, versions=turn.versions[message.id])
+                    await generation.publish({"type": "message", "message": payload})
         except BaseException:
             registry.unregister(generation)
             raise
@@ -203,10 +211,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         try:
             await self.watch(conversation_id)
             try:
-                conversation, messages = await store.load_conversation(self.owner, conversation_id)
+                transcript = await store.load_conversation(self.owner, conversation_id)
             except ClientError:
                 await self.unwatch(on_disconnect=False)
                 raise
+            messages = transcript.path
             finished = [m for m in messages if m.status != Message.Statuses.STREAMING]
             rendered = iter(
                 await _render_all([m.content for m in finished if m.role == "assistant"])
@@ -220,14 +229,20 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                     message.content, message.reasoning = await self.text_so_far(message)
                     self.positions[mid] = len(message.content)
                     self.positions[mid + ":r"] = len(message.reasoning)
-                    payloads.append(message_payload(message))
+                    payloads.append(
+                        message_payload(message, versions=transcript.versions[message.id])
+                    )
                 else:
                     self.finished.add(mid)
                     html = next(rendered) if message.role == "assistant" else ""
-                    payloads.append(message_payload(message, html=html))
+                    payloads.append(
+                        message_payload(
+                            message, html=html, versions=transcript.versions[message.id]
+                        )
+                    )
             history = {
                 "type": "history",
-                "conversation": conversation_payload(conversation),
+                "conversation": conversation_payload(transcript.conversation),
                 "messages": payloads,
             }
             # Before every frame held meanwhile; a history not sent yet is stale now.

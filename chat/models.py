@@ -52,6 +52,14 @@ class Conversation(models.Model):
     model = models.CharField(
         max_length=200, blank=True, default="", help_text="The model answers are requested from."
     )
+    current_leaf = models.ForeignKey(
+        "Message",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last message of the branch shown and continued: the active path ends here.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(
         auto_now=True, db_index=True, help_text="Last activity: the last message started or saved."
@@ -90,6 +98,15 @@ class Message(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text="The message this one follows; siblings (same parent) are versions: edits, "
+        "regenerated answers.",
     )
     role = models.CharField(max_length=16, choices=Roles.choices)
     content = models.TextField(blank=True, default="")
@@ -131,3 +148,31 @@ class Message(models.Model):
     def __str__(self) -> str:
         text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"
         return f"{self.get_role_display()}: {text}"
+
+
+def active_path(messages: list[Message], leaf_id: uuid.UUID | None) -> list[Message]:
+    """The branch from the root to ``leaf_id`` (to the newest message when there is none)."""
+    if not messages:
+        return []
+    by_id = {m.id: m for m in messages}
+    node = by_id.get(leaf_id) if leaf_id is not None else None
+    if node is None:
+        node = max(messages, key=lambda m: m.created_at)
+    path = []
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id is not None else None
+    path.reverse()
+    return path
+
+
+def newest_leaf_under(messages: list[Message], start: Message) -> Message:
+    """Follow the newest child from ``start`` down to a leaf: where switching to it lands."""
+    children: dict[uuid.UUID, list[Message]] = {}
+    for m in messages:
+        if m.parent_id is not None:
+            children.setdefault(m.parent_id, []).append(m)
+    node = start
+    while node.id in children:
+        node = max(children[node.id], key=lambda m: m.created_at)
+    return node

@@ -23,10 +23,37 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Start a turn: ``conversation`` None creates a conversation."""
+    """Start a turn: ``conversation`` None creates a conversation.
+
+    ``parent`` is the answer the page shows last, which the question follows
+    (None: the end of the conversation's active path).
+    """
 
     conversation: uuid.UUID | None
     content: str
+    parent: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Ask an edited version of a user message: a new branch beside it."""
+
+    message: uuid.UUID
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Regenerate:
+    """Answer the question of this assistant message again, beside it."""
+
+    message: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """Show the branch through this message (a sibling version the page offers)."""
+
+    message: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +77,9 @@ class Pong:
     nonce: str
 
 
-ClientFrame = Send | Stop | Watch | Pong
+ClientFrame = Send | Edit | Regenerate | Switch | Stop | Watch | Pong
+
+FRAME_TYPES = "'send', 'edit', 'regenerate', 'switch', 'stop', 'watch' or 'pong'"
 
 
 def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
@@ -67,17 +96,17 @@ def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
         raise ClientError("invalid_frame", "A frame must be a JSON object with a 'type'.")
     kind = data.get("type")
     if kind == "send":
-        content = data.get("content")
-        if not isinstance(content, str):
-            raise ClientError("invalid_frame", "'content' must be a string.")
-        if not content.strip():
-            raise ClientError("empty_content", "The message is empty.")
-        if len(content) > max_chars:
-            raise ClientError(
-                "content_too_long",
-                f"The message is {len(content)} characters long; the limit is {max_chars}.",
-            )
-        return Send(conversation=_uuid(data, "conversation", optional=True), content=content)
+        return Send(
+            conversation=_uuid(data, "conversation", optional=True),
+            content=_content(data, max_chars),
+            parent=_uuid(data, "parent", optional=True),
+        )
+    if kind == "edit":
+        return Edit(message=_uuid(data, "message"), content=_content(data, max_chars))
+    if kind == "regenerate":
+        return Regenerate(message=_uuid(data, "message"))
+    if kind == "switch":
+        return Switch(message=_uuid(data, "message"))
     if kind == "stop":
         return Stop(message=_uuid(data, "message"))
     if kind == "watch":
@@ -87,9 +116,21 @@ def parse_client_frame(raw: str, *, max_chars: int) -> ClientFrame:
         if not isinstance(nonce, str):
             raise ClientError("invalid_frame", "'nonce' must be a string.")
         return Pong(nonce=nonce)
-    raise ClientError(
-        "unknown_type", "The frame 'type' must be one of 'send', 'stop', 'watch' or 'pong'."
-    )
+    raise ClientError("unknown_type", f"The frame 'type' must be one of {FRAME_TYPES}.")
+
+
+def _content(data: dict[str, Any], max_chars: int) -> str:
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise ClientError("invalid_frame", "'content' must be a string.")
+    if not content.strip():
+        raise ClientError("empty_content", "The message is empty.")
+    if len(content) > max_chars:
+        raise ClientError(
+            "content_too_long",
+            f"The message is {len(content)} characters long; the limit is {max_chars}.",
+        )
+    return content
 
 
 def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:
@@ -171,14 +212,22 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def message_payload(message: Message, *, html: str = "") -> dict[str, Any]:
-    """A stored message as the browser sees it; ``html`` is its rendered, sanitized answer."""
+def message_payload(
+    message: Message, *, html: str = "", versions: list[str] | None = None
+) -> dict[str, Any]:
+    """A stored message as the browser sees it.
+
+    ``html`` is its rendered, sanitized answer; ``versions`` the ids of it and
+    its siblings (edits, regenerated answers), oldest first.
+    """
     error: ErrorInfo | None = (
         {"code": message.error_code, "detail": message.error_detail} if message.error_code else None
     )
     return {
         "id": str(message.id),
         "conversation": str(message.conversation_id),
+        "parent": str(message.parent_id) if message.parent_id is not None else None,
+        "versions": versions if versions is not None else [str(message.id)],
         "role": message.role,
         "content": message.content,
         "reasoning": message.reasoning,

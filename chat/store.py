@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from chat.conf import conf
 from chat.exceptions import ClientError
-from chat.models import Conversation, Message, Owner
+from chat.models import Conversation, Message, Owner, active_path, newest_leaf_under
 
 TITLE_WORDS = 8
 
@@ -38,9 +38,19 @@ class Turn:
 
     conversation: Conversation
     created: bool
-    user_message: Message
+    user_message: Message | None  # None when an answer is regenerated
     assistant_message: Message
     history: list[dict[str, str]] = field(default_factory=list)
+    versions: dict[uuid.UUID, list[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Transcript:
+    """What a page shows of a conversation: its active path, and each step's versions."""
+
+    conversation: Conversation
+    path: list[Message]
+    versions: dict[uuid.UUID, list[str]]
 
 
 def _not_found() -> ClientError:
@@ -59,8 +69,10 @@ def title_from(content: str) -> str:
 
 def check_limits(owner: Owner) -> None:
     """Refuse a turn past the user's limits (checked in the database: every process agrees)."""
-    mine = Message.objects.filter(conversation__in=Conversation.objects.owned_by(owner))
-    running = mine.filter(role=Message.Roles.ASSISTANT, status=Message.Statuses.STREAMING)
+    mine = Message.objects.filter(
+        conversation__in=Conversation.objects.owned_by(owner), role=Message.Roles.ASSISTANT
+    )
+    running = mine.filter(status=Message.Statuses.STREAMING)
     limit = conf.CHAT_MAX_RUNNING_ANSWERS
     if running.count() >= limit:
         raise ClientError(
@@ -68,14 +80,96 @@ def check_limits(owner: Owner) -> None:
             f"You already have {limit} answers being written; wait for one to finish or stop it.",
         )
     per_minute = conf.CHAT_TURNS_PER_MINUTE
-    recent = mine.filter(
-        role=Message.Roles.USER, created_at__gte=timezone.now() - timedelta(minutes=1)
-    )
-    if recent.count() >= per_minute:
+    if mine.filter(created_at__gte=timezone.now() - timedelta(minutes=1)).count() >= per_minute:
         raise ClientError(
             "slow_down",
             f"You can send {per_minute} messages a minute; try again in a moment.",
         )
+
+
+def versions_of(messages: list[Message], path: list[Message]) -> dict[uuid.UUID, list[str]]:
+    """For each message of ``path``: its versions (itself and its siblings), oldest first."""
+    children: dict[uuid.UUID | None, list[Message]] = {}
+    for m in messages:
+        children.setdefault(m.parent_id, []).append(m)
+    return {
+        m.id: [str(v.id) for v in sorted(children[m.parent_id], key=lambda v: v.created_at)]
+        for m in path
+    }
+
+
+def _history(path: list[Message], system_prompt: str) -> list[dict[str, str]]:
+    history = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    # Stopped and interrupted answers were seen by the user, so they are part of
+    # the context; empty ones (failed before a token) would only confuse the model.
+    history += [{"role": m.role, "content": m.content} for m in path if m.content]
+    return history
+
+
+def _lock_idle(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
+    """``owner``'s conversation, locked, with its messages; refused while an answer runs in it."""
+    # The row lock serializes two turns racing into one conversation.
+    conversation = (
+        Conversation.objects.owned_by(owner).select_for_update().filter(pk=conversation_id).first()
+    )
+    if conversation is None:
+        raise _not_found()
+    messages = list(conversation.messages.all())
+    if any(m.status == Message.Statuses.STREAMING for m in messages):
+        raise ClientError(
+            "busy",
+            "An answer is still being written in this conversation: "
+            "stop it or wait for it to finish.",
+        )
+    return conversation, messages
+
+
+def _owned_message(owner: Owner, message_id: uuid.UUID, role: str) -> Message:
+    mine = Conversation.objects.owned_by(owner)
+    message = Message.objects.filter(pk=message_id, conversation__in=mine, role=role).first()
+    if message is None:
+        raise ClientError("not_found", "No such message.")
+    return message
+
+
+def _answer(conversation: Conversation, parent: Message, model: str) -> Message:
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role=Message.Roles.ASSISTANT,
+        status=Message.Statuses.STREAMING,
+        model=model,
+    )
+    conversation.current_leaf = answer
+    conversation.save(update_fields=["current_leaf", "updated_at"])
+    return answer
+
+
+def _ask(
+    conversation: Conversation,
+    messages: list[Message],
+    parent: Message | None,
+    content: str,
+    *,
+    created: bool,
+    model: str,
+    system_prompt: str,
+) -> Turn:
+    """Store a question after ``parent`` and its empty ``streaming`` answer."""
+    question = Message.objects.create(
+        conversation=conversation, parent=parent, role=Message.Roles.USER, content=content
+    )
+    answer = _answer(conversation, question, model)
+    messages += [question, answer]
+    path = active_path(messages, answer.id)
+    return Turn(
+        conversation,
+        created,
+        question,
+        answer,
+        _history(path[:-1], system_prompt),
+        versions_of(messages, path[-2:]),
+    )
 
 
 @in_db_thread
@@ -84,10 +178,15 @@ def start_turn(
     conversation_id: uuid.UUID | None,
     content: str,
     *,
+    parent_id: uuid.UUID | None = None,
     model: str,
     system_prompt: str,
 ) -> Turn:
-    """Store the user's message and an empty ``streaming`` answer; return the history."""
+    """Store the user's message and an empty ``streaming`` answer; return the history.
+
+    The question follows ``parent_id`` (an answer the page shows last), or the
+    end of the active path when the page does not say.
+    """
     with transaction.atomic():
         check_limits(owner)
         if conversation_id is None:
@@ -97,44 +196,88 @@ def start_turn(
                 title=title_from(content),
                 model=model,
             )
-            created = True
-            earlier: list[Message] = []
-        else:
-            # The row lock serializes two sends racing into one conversation.
-            locked = (
-                Conversation.objects.owned_by(owner)
-                .select_for_update()
-                .filter(pk=conversation_id)
-                .first()
+            return _ask(
+                conversation,
+                [],
+                None,
+                content,
+                created=True,
+                model=model,
+                system_prompt=system_prompt,
             )
-            if locked is None:
-                raise _not_found()
-            conversation = locked
-            created = False
-            earlier = list(conversation.messages.all())
-            if any(m.status == Message.Statuses.STREAMING for m in earlier):
-                raise ClientError(
-                    "busy",
-                    "An answer is still being written in this conversation: "
-                    "stop it or wait for it to finish.",
-                )
-        user_message = Message.objects.create(
-            conversation=conversation, role=Message.Roles.USER, content=content
-        )
-        assistant_message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Roles.ASSISTANT,
-            status=Message.Statuses.STREAMING,
+        conversation, messages = _lock_idle(owner, conversation_id)
+        if parent_id is None:
+            path = active_path(messages, conversation.current_leaf_id)
+            parent = path[-1] if path else None
+        else:
+            parent = next((m for m in messages if m.id == parent_id), None)
+            if parent is None or parent.role != Message.Roles.ASSISTANT:
+                raise ClientError("not_found", "No such answer to follow in this conversation.")
+        return _ask(
+            conversation,
+            messages,
+            parent,
+            content,
+            created=False,
             model=model,
+            system_prompt=system_prompt,
         )
-        if not created:
-            conversation.save(update_fields=["updated_at"])
-    history = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    # Stopped and interrupted answers were seen by the user, so they are part of
-    # the context; empty ones (failed before a token) would only confuse the model.
-    history += [{"role": m.role, "content": m.content} for m in earlier if m.content]
-    history.append({"role": "user", "content": content})
-    return Turn(conversation, created, user_message, assistant_message, history)
+
+
+@in_db_thread
+def edit_turn(
+    owner: Owner, message_id: uuid.UUID, content: str, *, model: str, system_prompt: str
+) -> Turn:
+    """Ask an edited version of a question: a new branch beside the original, which is kept."""
+    with transaction.atomic():
+        check_limits(owner)
+        original = _owned_message(owner, message_id, Message.Roles.USER)
+        conversation, messages = _lock_idle(owner, original.conversation_id)
+        parent = next((m for m in messages if m.id == original.parent_id), None)
+        return _ask(
+            conversation,
+            messages,
+            parent,
+            content,
+            created=False,
+            model=model,
+            system_prompt=system_prompt,
+        )
+
+
+@in_db_thread
+def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_prompt: str) -> Turn:
+    """Answer the same question again: a new answer beside the old one, which is kept."""
+    with transaction.atomic():
+        check_limits(owner)
+        previous = _owned_message(owner, message_id, Message.Roles.ASSISTANT)
+        conversation, messages = _lock_idle(owner, previous.conversation_id)
+        question = next(m for m in messages if m.id == previous.parent_id)
+        answer = _answer(conversation, question, model)
+        messages.append(answer)
+        path = active_path(messages, answer.id)
+        return Turn(
+            conversation,
+            False,
+            None,
+            answer,
+            _history(path[:-1], system_prompt),
+            versions_of(messages, path[-1:]),
+        )
+
+
+@in_db_thread
+def switch_branch(owner: Owner, message_id: uuid.UUID) -> uuid.UUID:
+    """Show the branch through ``message_id`` (down its newest replies); return the conversation."""
+    mine = Conversation.objects.owned_by(owner)
+    with transaction.atomic():
+        message = Message.objects.filter(pk=message_id, conversation__in=mine).first()
+        if message is None:
+            raise ClientError("not_found", "No such message.")
+        messages = list(Message.objects.filter(conversation_id=message.conversation_id))
+        leaf = newest_leaf_under(messages, message)
+        Conversation.objects.filter(pk=message.conversation_id).update(current_leaf=leaf)
+    return message.conversation_id
 
 
 Checkpoint = tuple[uuid.UUID, str, str]  # message id, answer so far, reasoning so far
@@ -195,13 +338,13 @@ def finish_message(message_id: uuid.UUID, conversation_id: uuid.UUID, **fields: 
 
 
 @in_db_thread
-def load_conversation(
-    owner: Owner, conversation_id: uuid.UUID
-) -> tuple[Conversation, list[Message]]:
+def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> Transcript:
     conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
     if conversation is None:
         raise _not_found()
-    return conversation, list(conversation.messages.all())
+    messages = list(conversation.messages.all())
+    path = active_path(messages, conversation.current_leaf_id)
+    return Transcript(conversation, path, versions_of(messages, path))
 
 
 @in_db_thread

@@ -31,11 +31,19 @@ def small_window(settings: Any) -> None:
 
 async def long_conversation(user: Any) -> Conversation:
     conversation = await Conversation.objects.acreate(owner=user, title="long")
+    answer = None
     for n in range(10):
-        await Message.objects.acreate(conversation=conversation, role="user", content=f"q{n}")
-        await Message.objects.acreate(
-            conversation=conversation, role="assistant", content=f"answer {n} " + "word " * 1000
+        question = await Message.objects.acreate(
+            conversation=conversation, parent=answer, role="user", content=f"q{n}"
         )
+        answer = await Message.objects.acreate(
+            conversation=conversation,
+            parent=question,
+            role="assistant",
+            content=f"answer {n} " + "word " * 1000,
+        )
+    conversation.current_leaf = answer
+    await conversation.asave()
     return conversation
 
 

@@ -21,9 +21,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def orphan(user: Any, *, age: float, text: str = "Half of it") -> Message:
     """A streaming answer whose row nobody touched for ``age`` seconds."""
     conversation = await Conversation.objects.acreate(owner=user, title="orphan")
-    await Message.objects.acreate(conversation=conversation, role="user", content="q")
+    question = await Message.objects.acreate(conversation=conversation, role="user", content="q")
     message = await Message.objects.acreate(
-        conversation=conversation, role="assistant", status="streaming", content=text
+        conversation=conversation,
+        parent=question,
+        role="assistant",
+        status="streaming",
+        content=text,
     )
     then = timezone.now() - timedelta(seconds=age)
     await Message.objects.filter(pk=message.pk).aupdate(updated_at=then)
