@@ -27,6 +27,7 @@ from chat.generation import Generation, registry
 from chat.limits import FrameBucket, SendWindow
 from chat.models import Message, Owner
 from chat.protocol import (
+    ClientFrame,
     Edit,
     Pong,
     Regenerate,
@@ -41,7 +42,7 @@ from chat.protocol import (
     message_payload,
     parse_client_frame,
 )
-from chat.rendering import render_markdown
+from chat.rendering import render_markdown, render_prefix
 from chat.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.owner is None:
             return
+        frame: ClientFrame | ClientError
+        try:
+            if text_data is None:
+                raise ClientError("invalid_frame", "Frames must be JSON text, not binary.")
+            frame = parse_client_frame(text_data, max_chars=conf.CHAT_MAX_MESSAGE_CHARS)
+        except ClientError as error:
+            frame = error
+        if isinstance(frame, Pong) and self.window.confirm(frame.nonce):
+            return  # the echo of our own ping (one per ping): not a request, not budgeted
         if not self.bucket.take():
             if self.bucket.abusive:
                 await self.close(code=CLOSE_TOO_MANY_FRAMES)
@@ -114,23 +124,28 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.send_frame(error_frame("slow_down", detail))
             return
         try:
-            if text_data is None:
-                raise ClientError("invalid_frame", "Frames must be JSON text, not binary.")
-            frame = parse_client_frame(text_data, max_chars=conf.CHAT_MAX_MESSAGE_CHARS)
-            if isinstance(frame, Send | Edit | Regenerate):
-                await self.start_turn(frame)
-            elif isinstance(frame, Switch):
-                assert self.owner is not None
-                conversation = await store.switch_branch(self.owner, frame.message)
-                await self.show_conversation(conversation)
-            elif isinstance(frame, Stop):
-                await self.stop_answer(frame)
-            elif isinstance(frame, Watch):
-                await self.show_conversation(frame.conversation)
-            elif isinstance(frame, Pong) and not self.window.confirm(frame.nonce):
-                raise ClientError("invalid_frame", "No ping with that nonce is waiting.")
+            if isinstance(frame, ClientError):
+                raise frame
+            await self.handle(frame)
         except ClientError as error:
             await self.send_frame(error_frame(error.code, error.detail))
+
+    async def handle(self, frame: ClientFrame) -> None:
+        assert self.owner is not None
+        if isinstance(frame, Watch | Switch) and self.window.full:
+            # A history costs a whole conversation; this socket has not read the last one.
+            raise ClientError("slow_down", "The page has not read what it was sent yet.")
+        if isinstance(frame, Send | Edit | Regenerate):
+            await self.start_turn(frame)
+        elif isinstance(frame, Switch):
+            conversation = await store.switch_branch(self.owner, frame.message)
+            await self.show_conversation(conversation)
+        elif isinstance(frame, Stop):
+            await self.stop_answer(frame)
+        elif isinstance(frame, Watch):
+            await self.show_conversation(frame.conversation)
+        else:
+            raise ClientError("invalid_frame", "No ping with that nonce is waiting.")
 
     # Client frames ---------------------------------------------------------
 
@@ -216,30 +231,26 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.unwatch(on_disconnect=False)
                 raise
             messages = transcript.path
-            finished = [m for m in messages if m.status != Message.Statuses.STREAMING]
-            rendered = iter(
-                await _render_all([m.content for m in finished if m.role == "assistant"])
-            )
+            for message in messages:
+                if message.status == Message.Statuses.STREAMING:
+                    message.content, message.reasoning = await self.text_so_far(message)
+            rendered = await _render_all(messages)
             self.positions.clear()
             self.finished.clear()
             payloads: list[dict[str, Any]] = []
-            for message in messages:
+            for message, (html, end) in zip(messages, rendered, strict=True):
                 mid = str(message.id)
                 if message.status == Message.Statuses.STREAMING:
-                    message.content, message.reasoning = await self.text_so_far(message)
                     self.positions[mid] = len(message.content)
                     self.positions[mid + ":r"] = len(message.reasoning)
-                    payloads.append(
-                        message_payload(message, versions=transcript.versions[message.id])
-                    )
+                    self.positions[mid + ":h"] = end
                 else:
                     self.finished.add(mid)
-                    html = next(rendered) if message.role == "assistant" else ""
-                    payloads.append(
-                        message_payload(
-                            message, html=html, versions=transcript.versions[message.id]
-                        )
+                payloads.append(
+                    message_payload(
+                        message, html=html, rendered=end, versions=transcript.versions[message.id]
                     )
+                )
             history = {
                 "type": "history",
                 "conversation": conversation_payload(transcript.conversation),
@@ -297,15 +308,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.wake.wait()
             self.wake.clear()
             while self.outbox and not self.holding:
-                if self.window.full and not await self.wait_for_reader():
-                    logger.info("Closing a socket that read nothing for a full send window")
-                    await self.close(code=CLOSE_NOT_READING)
-                    return
                 frames = list(self.outbox)
                 self.outbox.clear()
                 for frame in coalesce(frames):
                     await self.forward(frame)
                 await self.ping_if_due()
+                if self.window.full and not await self.wait_for_reader():
+                    logger.info("Closing a socket that read nothing for a full send window")
+                    await self.close(code=CLOSE_NOT_READING)
+                    return
 
     async def ping_if_due(self) -> None:
         nonce = self.window.ping()
@@ -346,13 +357,18 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if index < have:
                 frame = {**frame, "index": have, "text": text[have - index :]}
             self.positions[key] = end
+        elif kind == "html":
+            key = frame["message"] + ":h"
+            if self.positions.get(key) != frame["index"]:
+                return  # not shown here, already in the history, or after a gap
+            self.positions[key] = frame["end"]
         elif kind == "message":
             message = frame["message"]
             if message["conversation"] != str(self.watching):
                 return
             if message["status"] == "streaming":
-                self.positions.setdefault(message["id"], 0)
-                self.positions.setdefault(message["id"] + ":r", 0)
+                for key in (message["id"], message["id"] + ":r", message["id"] + ":h"):
+                    self.positions.setdefault(key, 0)
         elif kind == "done":
             mid = frame["message"]
             if frame["conversation"] != str(self.watching) or mid in self.finished:
@@ -360,8 +376,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if mid in self.positions and self.positions[mid] < frame["length"]:
                 await self.resync(mid, self.positions[mid])
             self.finished.add(mid)
-            self.positions.pop(mid, None)
-            self.positions.pop(mid + ":r", None)
+            for key in (mid, mid + ":r", mid + ":h"):
+                self.positions.pop(key, None)
         await self.send_frame(frame)
 
     async def resync(self, message_id: str, have: int) -> int:
@@ -384,9 +400,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         return have
 
 
-async def _render_all(texts: list[str]) -> list[str]:
-    if not texts:
-        return []
-    return await sync_to_async(
-        lambda: [render_markdown(t) for t in texts], thread_sensitive=False
-    )()
+async def _render_all(messages: list[Message]) -> list[tuple[str, int]]:
+    """Each answer's HTML and the text length it covers: all of a finished answer,
+    the complete blocks of a running one (the page shows the rest as text)."""
+
+    def render(message: Message) -> tuple[str, int]:
+        if message.role != Message.Roles.ASSISTANT:
+            return "", 0
+        if message.status == Message.Statuses.STREAMING:
+            return render_prefix(message.content)
+        return render_markdown(message.content), len(message.content)
+
+    return await sync_to_async(lambda: [render(m) for m in messages], thread_sensitive=False)()

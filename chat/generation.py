@@ -22,8 +22,8 @@ from chat import store
 from chat.conf import conf
 from chat.exceptions import UpstreamError
 from chat.fanout import Frame, hub
-from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, ReasoningFrame
-from chat.rendering import render_markdown
+from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, HtmlFrame, ReasoningFrame
+from chat.rendering import BlockSplitter, render_block, render_markdown
 from chat.upstream import Answer, UpstreamConfig, stream_answer
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ StopReason = Literal["user", "disconnected"]
 
 
 async def render(text: str) -> str:
-    """Render Markdown off the event loop: a long answer takes milliseconds."""
-    return await sync_to_async(render_markdown, thread_sensitive=False)(text) if text else ""
+    """Render a block of Markdown off the event loop: a long code block takes milliseconds."""
+    return await sync_to_async(render_block, thread_sensitive=False)(text) if text else ""
 
 
 class Generation:
@@ -63,6 +63,13 @@ class Generation:
         self._started = 0.0
         self._first_token: float | None = None
         self._pump: asyncio.Task[None] | None = None
+        # Complete Markdown blocks are rendered in order, apart from the stream,
+        # so a delta never waits for a render.
+        self._splitter = BlockSplitter()
+        self._blocks: asyncio.Queue[str | None] = asyncio.Queue()
+        self._renderer: asyncio.Task[None] | None = None
+        self._html: list[str] = []
+        self.rendered = 0  # code points of the answer published as HTML
         self.saved = (0, 0)  # (answer, reasoning) lengths in the last checkpoint
         #: Another process watches this conversation: deltas go to it too.
         self.shared = False
@@ -129,6 +136,8 @@ class Generation:
                     "text": content,
                 }
                 await self.publish(delta, remote=self.shared)
+                for block in self._splitter.feed(content):
+                    self._render(block)
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
@@ -140,6 +149,42 @@ class Generation:
                     "text": reasoning,
                 }
                 await self.publish(thought, remote=self.shared)
+
+    def _render(self, block: str) -> None:
+        if self._renderer is None:
+            self._renderer = asyncio.create_task(self._render_blocks(), name="chat-render")
+        self._blocks.put_nowait(block)
+
+    async def _render_blocks(self) -> None:
+        """Render queued blocks one by one and publish each as an ``html`` frame."""
+        while (block := await self._blocks.get()) is not None:
+            html = await render(block)
+            index = self.rendered
+            self.rendered += len(block)
+            self._html.append(html)
+            frame: HtmlFrame = {
+                "type": "html",
+                "message": self._id,
+                "index": index,
+                "end": self.rendered,
+                "html": html,
+            }
+            await self.publish(frame, remote=self.shared)
+
+    async def _rendered_html(self) -> str:
+        """The whole answer's HTML, once its last block is rendered and published."""
+        rest = self._splitter.rest()
+        if rest:
+            self._render(rest)
+        if self._renderer is None:
+            return ""
+        self._blocks.put_nowait(None)
+        try:
+            await self._renderer
+        except Exception:
+            logger.exception("Rendering message %s block by block failed", self.message_id)
+            return await sync_to_async(render_markdown, thread_sensitive=False)(self.text)
+        return "".join(self._html)
 
     def checkpoint(self, *, heartbeat: bool = False) -> store.Checkpoint | None:
         """What to save of this answer now, or None if nothing changed since the last save.
@@ -187,7 +232,7 @@ class Generation:
                 "total_tokens": answer.total_tokens,
             },
             "error": error_info,
-            "html": await render(text),
+            "html": await self._rendered_html(),
             "refusal": answer.refusal,
         }
         await self.publish(done)

@@ -175,6 +175,16 @@ class ReasoningFrame(TypedDict):
     text: str
 
 
+class HtmlFrame(TypedDict):
+    """Sanitized HTML of the answer's text from ``index`` to ``end``: complete blocks."""
+
+    type: Literal["html"]
+    message: str
+    index: int
+    end: int
+    html: str
+
+
 class DoneFrame(TypedDict):
     type: Literal["done"]
     message: str
@@ -213,12 +223,13 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
 
 
 def message_payload(
-    message: Message, *, html: str = "", versions: list[str] | None = None
+    message: Message, *, html: str = "", rendered: int = 0, versions: list[str] | None = None
 ) -> dict[str, Any]:
     """A stored message as the browser sees it.
 
-    ``html`` is its rendered, sanitized answer; ``versions`` the ids of it and
-    its siblings (edits, regenerated answers), oldest first.
+    ``html`` is its sanitized HTML, which covers its text up to ``rendered``;
+    ``versions`` the ids of it and its siblings (edits, regenerated answers),
+    oldest first.
     """
     error: ErrorInfo | None = (
         {"code": message.error_code, "detail": message.error_detail} if message.error_code else None
@@ -243,6 +254,7 @@ def message_payload(
         "model": message.model,
         "created_at": message.created_at.isoformat(),
         "html": html,
+        "rendered": rendered,
     }
 
 

@@ -1,4 +1,11 @@
-"""Markdown to sanitized HTML, for finished answers.
+"""Markdown to sanitized HTML, a block at a time, so a streaming answer renders as it grows.
+
+An answer is cut into blocks at blank lines that are outside fenced code and
+followed by a line that starts a new top-level block (not indented, not a list
+item, so loose lists and their continuations stay whole). Each block is
+rendered on its own, once, when the next one starts; the finished answer's
+HTML is exactly the blocks' HTML joined, so what a page built while the answer
+streamed equals what a reload shows.
 
 Model output is untrusted: markdown-it-py renders it with raw HTML disabled,
 Pygments highlights fenced code, and nh3 (the Rust ``ammonia`` sanitizer)
@@ -8,6 +15,7 @@ then keeps only an allow-list of tags, attributes and URL schemes, so a
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import nh3
@@ -78,8 +86,8 @@ def _markdown() -> MarkdownIt:
     return md
 
 
-def render_markdown(text: str) -> str:
-    """Render ``text`` (Markdown from a model) to HTML that is safe to insert in the page."""
+def render_block(text: str) -> str:
+    """Render one block of ``text`` (Markdown from a model) to HTML safe to insert in the page."""
     html = _markdown().render(text)
     clean: str = nh3.clean(
         html,
@@ -90,3 +98,66 @@ def render_markdown(text: str) -> str:
         filter_style_properties={"text-align"},
     )
     return clean
+
+
+def render_markdown(text: str) -> str:
+    """A whole answer's HTML: its blocks rendered one by one, as while it streamed."""
+    splitter = BlockSplitter()
+    blocks = splitter.feed(text)
+    blocks.append(splitter.rest())
+    return "".join(render_block(block) for block in blocks if block)
+
+
+def render_prefix(text: str) -> tuple[str, int]:
+    """The HTML of ``text``'s complete blocks, and the length of text they cover."""
+    blocks = BlockSplitter().feed(text)
+    return "".join(render_block(block) for block in blocks), sum(len(b) for b in blocks)
+
+
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_LIST_ITEM = re.compile(r"(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)")
+
+
+class BlockSplitter:
+    """Cuts a growing text into complete Markdown blocks, looking at each line once."""
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []  # text of the block being written
+        self._line: list[str] = []  # the last, unfinished line
+        self._fence = ""  # the open code fence, if any
+        self._after_blank = False
+
+    def feed(self, chunk: str) -> list[str]:
+        """Add ``chunk``; return the blocks it completed (usually none), in order."""
+        if "\n" not in chunk:
+            self._line.append(chunk)
+            return []
+        done: list[str] = []
+        self._line.append(chunk)
+        lines = "".join(self._line).split("\n")
+        self._line[:] = [lines.pop()]
+        for line in lines:
+            if self._starts_block(line) and self._pending:
+                done.append("".join(self._pending))
+                self._pending.clear()
+            self._pending.append(line + "\n")
+        return done
+
+    def rest(self) -> str:
+        """What is left after the last complete block (the answer's end)."""
+        return "".join(self._pending) + "".join(self._line)
+
+    def _starts_block(self, line: str) -> bool:
+        blank = not line.strip()
+        fence = _FENCE.match(line)
+        if self._fence:
+            if fence and fence.group(1).startswith(self._fence) and not line[fence.end() :].strip():
+                self._fence = ""
+            self._after_blank = False
+            return False
+        starts = self._after_blank and not blank and not line[0].isspace()
+        starts = starts and not _LIST_ITEM.match(line)
+        if fence:
+            self._fence = fence.group(1)[0] * len(fence.group(1))
+        self._after_blank = blank
+        return starts

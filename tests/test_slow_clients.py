@@ -61,7 +61,9 @@ async def test_a_socket_that_never_reads_is_sent_one_window_and_then_closed(
     while (output := await chat.communicator.receive_output(timeout=5))["type"] == "websocket.send":
         sent.append(json.loads(output["text"]))
     assert (output["type"], output["code"]) == ("websocket.close", 4408)
-    assert [frame["type"] for frame in sent] == ["history", "ping"]
+    # One history; every later ``watch`` was refused, without loading the conversation.
+    assert [frame["type"] for frame in sent] == ["history", "ping"] + ["error"] * 9
+    assert {frame["code"] for frame in sent[2:]} == {"slow_down"}
 
 
 async def test_a_page_that_echoes_pings_is_sent_everything(connect: Connect, user: Any) -> None:
@@ -72,10 +74,12 @@ async def test_a_page_that_echoes_pings_is_sent_everything(connect: Connect, use
     for _ in range(10):
         await chat.watch(str(conversation.id))
         histories.append((await chat.receive_until("history"))[-1])
+        # Like the page, it reads on: the history filled the window, so a ping follows.
+        ping = await chat.receive_raw()
+        assert ping["type"] == "ping"
+        await chat.send_json({"type": "pong", "nonce": ping["nonce"]})
 
     assert [len(history["messages"]) for history in histories] == [20] * 10
-    # Each history is over the window: the page had to prove it read each one.
-    assert sum(frame["type"] == "ping" for frame in chat.frames) >= 9
 
 
 async def test_an_answer_longer_than_the_window_arrives_whole_to_a_page_that_reads(

@@ -1,7 +1,8 @@
 /* The chat page: one websocket, small named functions, no framework, no build step.
  *
- * Live answer text is appended as text (never parsed as HTML); a finished
- * answer is replaced by the HTML the server rendered and sanitized. Every
+ * Live answer text is appended as text (never parsed as HTML); each complete
+ * Markdown block then arrives as HTML the server rendered and sanitized, and
+ * replaces its text, so work per delta stays proportional to the delta. Every
  * delta carries `index`, its position in the answer in code points, so text
  * already shown is never shown twice, and a gap makes the page ask again.
  */
@@ -27,7 +28,8 @@
   var socket = null;
   var retries = 0;
   var conversationId = config.conversation || null;
-  var messages = {}; // id -> {node, body, text, length, status}
+  var messages = {}; // id -> entry (see addMessage)
+  var path = []; // ids of the messages shown, in order: the branch on screen
   var streamingId = null;
   var pendingText = null; // what was sent, to give back if the server refuses it
   var stickToBottom = true;
@@ -83,6 +85,7 @@
     history: onHistory,
     message: onMessage,
     delta: onDelta,
+    html: onHtml,
     reasoning: onReasoning,
     done: onDone,
     error: onError,
@@ -126,6 +129,16 @@
     if (message.conversation !== conversationId || messages[message.id]) {
       return;
     }
+    // A new message replaces the branch shown after its parent (an edit, a regenerated answer).
+    var at = message.parent === null ? 0 : path.indexOf(message.parent) + 1;
+    if (at === 0 && message.parent !== null) {
+      sendFrame({ type: "watch", conversation: conversationId }); // a branch this page lacks
+      return;
+    }
+    path.splice(at).forEach(function (id) {
+      messages[id].node.remove();
+      delete messages[id];
+    });
     addMessage(message);
     if (message.role === "user") {
       pendingText = null;
@@ -134,41 +147,56 @@
   }
 
   function onDelta(frame) {
-    var message = messages[frame.message];
-    if (!message) {
+    var entry = messages[frame.message];
+    if (!entry) {
       return;
     }
     var text = frame.text;
-    if (frame.index > message.length) {
+    if (frame.index > entry.length) {
       // A gap: ask for the conversation again rather than show wrong text.
       sendFrame({ type: "watch", conversation: conversationId });
       return;
     }
-    if (frame.index < message.length) {
-      text = Array.from(text).slice(message.length - frame.index).join("");
+    if (frame.index < entry.length) {
+      text = Array.from(text).slice(entry.length - frame.index).join("");
     }
     if (text) {
-      message.textNode.appendData(text);
-      message.length += codePoints(text);
+      entry.text += text;
+      entry.tail.appendData(text);
+      entry.length += codePoints(text);
       scrollToBottom(false);
     }
   }
 
+  // Complete Markdown blocks of a streaming answer, rendered and sanitized by
+  // the server: they replace the start of the raw tail, so the page only ever
+  // lays out the block being written as plain text.
+  function onHtml(frame) {
+    var entry = messages[frame.message];
+    if (!entry || frame.index !== entry.rendered || frame.end > entry.length) {
+      return; // shown already, or after a gap: `done` brings the whole answer
+    }
+    appendHtml(entry, frame.html);
+    entry.tail.deleteData(0, utf16Length(entry.tail.data, frame.end - frame.index));
+    entry.rendered = frame.end;
+    scrollToBottom(false);
+  }
+
   function onReasoning(frame) {
-    var message = messages[frame.message];
-    if (!message || frame.index < message.reasoningLength) {
+    var entry = messages[frame.message];
+    if (!entry || frame.index < entry.reasoningLength) {
       return;
     }
-    reasoningNode(message).appendData(frame.text);
-    message.reasoningLength += codePoints(frame.text);
+    reasoningNode(entry).appendData(frame.text);
+    entry.reasoningLength += codePoints(frame.text);
   }
 
   function onDone(frame) {
-    var message = messages[frame.message];
-    if (!message) {
+    var entry = messages[frame.message];
+    if (!entry) {
       return;
     }
-    finishMessage(message, frame);
+    finishMessage(entry, frame);
     scrollToBottom(false);
   }
 
@@ -191,6 +219,7 @@
 
   function clearMessages() {
     messages = {};
+    path = [];
     setStreaming(null);
     while (el.messages.firstChild) {
       el.messages.removeChild(el.messages.firstChild);
@@ -208,29 +237,63 @@
     body.className = "chat-body";
     node.appendChild(body);
     var entry = {
+      id: message.id,
+      role: message.role,
       node: node,
       body: body,
-      textNode: document.createTextNode(message.content),
+      html: null,
+      tail: document.createTextNode(""),
+      text: message.content,
       length: codePoints(message.content),
+      rendered: 0,
       reasoningLength: codePoints(message.reasoning || ""),
       reasoningText: null,
       status: message.status,
     };
     messages[message.id] = entry;
+    path.push(message.id);
     if (message.reasoning) {
       reasoningNode(entry).appendData(message.reasoning);
     }
-    body.appendChild(entry.textNode);
-    el.messages.appendChild(node);
     if (message.role === "assistant") {
-      if (message.status === "streaming") {
-        node.classList.add("chat-streaming");
-        setStreaming(message.id);
-      } else {
-        finishMessage(entry, message);
+      entry.html = document.createElement("div");
+      entry.html.className = "markdown";
+      body.appendChild(entry.html);
+      if (message.html) {
+        appendHtml(entry, message.html);
+        entry.rendered = message.rendered;
       }
+      entry.tail.data = Array.from(message.content).slice(entry.rendered).join("");
+    } else {
+      entry.tail.data = message.content;
+    }
+    body.appendChild(entry.tail);
+    node.appendChild(versionsNav(message));
+    el.messages.appendChild(node);
+    if (message.role === "user") {
+      node.appendChild(actions(entry, [["Edit", "Edit this message", editMessage]]));
+    } else if (message.status === "streaming") {
+      node.classList.add("chat-streaming");
+      appendNote(entry, "chat-live", "Writing…");
+      setStreaming(message.id);
+    } else {
+      finishMessage(entry, message);
     }
     return entry;
+  }
+
+  function appendHtml(entry, html) {
+    var template = document.createElement("template");
+    template.innerHTML = html; // sanitized by the server (markdown-it-py + nh3)
+    var blocks = template.content.querySelectorAll("pre");
+    for (var i = 0; i < blocks.length; i++) {
+      var wrap = document.createElement("div");
+      wrap.className = "chat-code";
+      blocks[i].replaceWith(wrap);
+      wrap.appendChild(blocks[i]);
+      wrap.appendChild(codeCopyButton());
+    }
+    entry.html.appendChild(template.content);
   }
 
   function reasoningNode(entry) {
@@ -251,10 +314,18 @@
     entry.status = result.status;
     entry.node.classList.remove("chat-streaming");
     entry.node.classList.add("chat-" + result.status);
+    var live = entry.node.querySelector(".chat-live");
+    if (live) {
+      live.remove();
+    }
+    if (entry.rendered !== entry.length && result.html) {
+      // Blocks were missed (a gap): show the whole answer as the server rendered it.
+      entry.html.innerHTML = "";
+      appendHtml(entry, result.html);
+    }
     if (result.html) {
-      // Rendered and sanitized on the server (markdown-it-py + nh3).
-      entry.body.innerHTML = result.html;
-      entry.body.classList.add("markdown");
+      entry.tail.data = "";
+      entry.rendered = result.length;
     }
     if (result.refusal) {
       appendNote(entry, "chat-refusal", result.refusal);
@@ -264,7 +335,13 @@
       var detail = result.error && result.error.detail ? ": " + result.error.detail : "";
       appendNote(entry, "chat-status", (label || result.status) + detail);
     }
-    if (streamingId === entry.node.dataset.id) {
+    entry.node.appendChild(
+      actions(entry, [
+        ["Copy", "Copy the answer", copyAnswer],
+        ["Regenerate", "Answer this again", regenerate],
+      ])
+    );
+    if (streamingId === entry.id) {
       setStreaming(null);
     }
   }
@@ -276,9 +353,138 @@
     entry.node.appendChild(note);
   }
 
+  // ---- versions, edit, regenerate, copy --------------------------------------
+
+  function versionsNav(message) {
+    var nav = document.createElement("div");
+    nav.className = "chat-versions";
+    var versions = message.versions || [message.id];
+    var at = versions.indexOf(message.id);
+    if (versions.length < 2) {
+      nav.hidden = true;
+      return nav;
+    }
+    nav.setAttribute("aria-label", "Versions of this message");
+    nav.appendChild(versionButton("‹", "Previous version", versions[at - 1]));
+    var label = document.createElement("span");
+    label.textContent = at + 1 + "/" + versions.length;
+    nav.appendChild(label);
+    nav.appendChild(versionButton("›", "Next version", versions[at + 1]));
+    return nav;
+  }
+
+  function versionButton(text, name, target) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = text;
+    button.setAttribute("aria-label", name);
+    button.disabled = !target;
+    button.addEventListener("click", function () {
+      sendFrame({ type: "switch", message: target });
+    });
+    return button;
+  }
+
+  function actions(entry, list) {
+    var bar = document.createElement("div");
+    bar.className = "chat-actions";
+    list.forEach(function (item) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.textContent = item[0];
+      button.setAttribute("aria-label", item[1]);
+      button.addEventListener("click", function () {
+        item[2](entry, button);
+      });
+      bar.appendChild(button);
+    });
+    return bar;
+  }
+
+  function codeCopyButton() {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "chat-copy";
+    button.textContent = "Copy";
+    button.setAttribute("aria-label", "Copy code");
+    return button;
+  }
+
+  function copyCode(button) {
+    copyText(button.parentNode.querySelector("pre").innerText, button);
+  }
+
+  function copyAnswer(entry, button) {
+    copyText(entry.text, button);
+  }
+
+  function copyText(text, button) {
+    navigator.clipboard.writeText(text).then(
+      function () {
+        button.textContent = "Copied";
+        window.setTimeout(function () { button.textContent = "Copy"; }, 1500);
+      },
+      function () {
+        showError("Could not copy: the browser refused access to the clipboard.");
+      }
+    );
+  }
+
+  function onMessagesClick(event) {
+    var button = event.target.closest("button.chat-copy");
+    if (button) {
+      copyCode(button);
+    }
+  }
+
+  function regenerate(entry) {
+    if (streamingId === null) {
+      hideError();
+      sendFrame({ type: "regenerate", message: entry.id });
+    }
+  }
+
+  function editMessage(entry) {
+    if (entry.node.querySelector("form") || streamingId !== null) {
+      return;
+    }
+    var form = document.createElement("form");
+    form.className = "chat-edit";
+    var area = document.createElement("textarea");
+    area.value = entry.text;
+    area.setAttribute("aria-label", "Edited message");
+    form.appendChild(area);
+    form.appendChild(actions(entry, [
+      ["Save and ask", "Ask the edited message", function () { form.requestSubmit(); }],
+      ["Cancel", "Keep the message as it was", function () { form.remove(); entry.body.hidden = false; }],
+    ]));
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (area.value.trim() && sendFrame({ type: "edit", message: entry.id, content: area.value })) {
+        form.remove();
+        entry.body.hidden = false;
+      }
+    });
+    entry.body.hidden = true;
+    entry.node.insertBefore(form, entry.body.nextSibling);
+    area.focus();
+  }
+
   function codePoints(text) {
     // Indexes count code points, as Python does; JS strings count UTF-16 units.
     return /[\uD800-\uDFFF]/.test(text) ? Array.from(text).length : text.length;
+  }
+
+  function utf16Length(text, points) {
+    // The UTF-16 length of the first `points` code points of `text`.
+    if (!/[\uD800-\uDFFF]/.test(text)) {
+      return Math.min(points, text.length);
+    }
+    var units = 0;
+    for (var i = 0; i < points && units < text.length; i++) {
+      units += text.codePointAt(units) > 0xffff ? 2 : 1;
+    }
+    return units;
   }
 
   // ---- composer, stop, navigation -----------------------------------------
@@ -296,11 +502,21 @@
       return;
     }
     hideError();
-    if (sendFrame({ type: "send", conversation: conversationId, content: content })) {
+    var parent = conversationId ? lastAnswerShown() : null;
+    if (sendFrame({ type: "send", conversation: conversationId, content: content, parent: parent })) {
       pendingText = content;
       el.prompt.value = "";
       stickToBottom = true;
     }
+  }
+
+  function lastAnswerShown() {
+    for (var i = path.length - 1; i >= 0; i--) {
+      if (messages[path[i]].role === "assistant") {
+        return path[i];
+      }
+    }
+    return null;
   }
 
   function onKeyDown(event) {
@@ -424,6 +640,7 @@
   el.stop.addEventListener("click", stop);
   el.newChat.addEventListener("click", newChat);
   el.conversations.addEventListener("click", onSidebarClick);
+  el.messages.addEventListener("click", onMessagesClick);
   el.messages.addEventListener("scroll", onScroll);
   el.messages.addEventListener("wheel", onWheel, { passive: true });
   el.messages.addEventListener("touchmove", function () { stickToBottom = false; }, { passive: true });

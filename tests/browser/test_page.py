@@ -2,95 +2,17 @@
 
 The site runs on its built-in demo model, which streams a Markdown answer that
 quotes the question back: real HTTP and SSE end to end, and a way to get any
-text (an XSS payload, say) into an answer. Playwright's async API runs in the
-test's own event loop, like every other async test here.
+text (an XSS payload, say) into an answer.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.servers import PASSWORD, ROOT, USER, Site, daphne, prepare_site, unused_port
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
-)
-playwright_api: Any = pytest.importorskip("playwright.async_api")
-expect = playwright_api.expect
-
-
-@pytest.fixture
-async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """A fresh Chromium page; its picture is kept in test-artifacts/ if the test fails."""
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            page = await browser.new_page()
-            yield page
-            report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed:
-                ARTIFACTS.mkdir(exist_ok=True)
-                await page.screenshot(path=ARTIFACTS / f"{request.node.name}.png")
-        finally:
-            await browser.close()
-
-
-def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:
-    # A small send window: the page must echo pings for any answer to arrive whole.
-    defaults = {"CHAT_DEMO_TOKENS_PER_SECOND": "60", "CHAT_SEND_WINDOW": "2000"}
-    with daphne(prepare_site(tmp_path, **{**defaults, **extra})) as site:
-        yield site
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    yield from start_site(tmp_path_factory.mktemp("site"))
-
-
-async def log_in(page: Any, site: Site) -> Any:
-    await page.goto(site.url + "/chat/")
-    await page.fill("#id_username", USER)
-    await page.fill("#id_password", PASSWORD)
-    await page.click("button[type=submit]")
-    await expect(page.locator("body[data-connected=true]")).to_be_attached()
-    return page
-
-
-@pytest.fixture
-async def chat(page: Any, site: Site) -> Any:
-    """A logged-in chat page, its socket open."""
-    return await log_in(page, site)
-
-
-async def ask(page: Any, text: str) -> None:
-    await page.fill("#prompt", text)
-    await page.press("#prompt", "Enter")
-
-
-def last_answer(page: Any) -> Any:
-    return page.locator(".chat-assistant").last
-
-
-async def finished(page: Any, status: str = "complete") -> None:
-    await expect(last_answer(page)).to_have_class(re.compile(f"chat-{status}"), timeout=15_000)
+from tests.browser.conftest import ARTIFACTS, ask, expect, finished, last_answer, log_in, start_site
+from tests.servers import Site, daphne, prepare_site, unused_port
 
 
 async def test_an_answer_streams_in_and_ends_as_highlighted_markdown(chat: Any) -> None:
@@ -105,7 +27,7 @@ async def test_an_answer_streams_in_and_ends_as_highlighted_markdown(chat: Any) 
     await expect(answer.locator("strong").first).to_have_text("This is the built-in demo model.")
     await expect(answer.locator("pre code span.hl-k").first).to_be_visible()
     await expect(answer.locator("blockquote")).to_contain_text("Hello, demo!")
-    await expect(chat.locator(".chat-user").last).to_have_text("Hello, demo!")
+    await expect(chat.locator(".chat-user .chat-body").last).to_have_text("Hello, demo!")
     ARTIFACTS.mkdir(exist_ok=True)
     await chat.screenshot(path=ARTIFACTS / "answer.png")  # docs/screenshot.png is one of these
 
@@ -115,9 +37,9 @@ async def test_shift_enter_makes_a_new_line_and_enter_sends(chat: Any) -> None:
     await chat.press("#prompt", "Shift+Enter")
     await chat.type("#prompt", "line two")
     assert await chat.input_value("#prompt") == "line one\nline two"
-    await expect(chat.locator(".chat-user")).to_have_count(0)
+    await expect(chat.locator(".chat-user .chat-body")).to_have_count(0)
     await chat.press("#prompt", "Enter")
-    await expect(chat.locator(".chat-user").last).to_have_text("line one\nline two")
+    await expect(chat.locator(".chat-user .chat-body").last).to_have_text("line one\nline two")
     await expect(chat.locator("#prompt")).to_have_value("")
     await finished(chat)
 
@@ -150,9 +72,9 @@ async def test_history_survives_a_reload_and_conversations_can_be_switched(chat:
     assert chat.url != first_url
 
     await chat.reload()
-    await expect(chat.locator(".chat-user")).to_have_text(["Second conversation"])
+    await expect(chat.locator(".chat-user .chat-body")).to_have_text(["Second conversation"])
     await chat.locator("#conversations a", has_text="First conversation").click()
-    await expect(chat.locator(".chat-user")).to_have_text(["First conversation"])
+    await expect(chat.locator(".chat-user .chat-body")).to_have_text(["First conversation"])
     assert chat.url == first_url
 
 
@@ -167,7 +89,7 @@ async def test_markup_in_an_answer_never_runs(chat: Any) -> None:
     await expect(answer.locator("blockquote")).to_contain_text("<script>")
     assert await answer.locator("img, script").count() == 0
     assert await chat.evaluate("window.pwned") is None
-    await expect(chat.locator(".chat-user").last).to_have_text(payload)
+    await expect(chat.locator(".chat-user .chat-body").last).to_have_text(payload)
 
 
 async def test_scrolling_up_stops_the_autoscroll(page: Any, site: Site) -> None:
@@ -219,9 +141,9 @@ async def test_the_page_reconnects_after_the_server_drops_the_socket(
     await expect(chat.locator("#connection")).to_contain_text("Reconnecting")
     with daphne(env, port=port):
         await expect(chat.locator("body[data-connected=true]")).to_be_attached(timeout=15_000)
-        await expect(chat.locator(".chat-user")).to_have_text(["Before the restart"])
+        await expect(chat.locator(".chat-user .chat-body")).to_have_text(["Before the restart"])
         await ask(chat, "After the restart")
         await finished(chat)
-        await expect(chat.locator(".chat-user")).to_have_text(
+        await expect(chat.locator(".chat-user .chat-body")).to_have_text(
             ["Before the restart", "After the restart"]
         )

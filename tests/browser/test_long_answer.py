@@ -1,0 +1,80 @@
+"""A 20,000-token answer streams into the page without freezing it, and arrives exactly.
+
+The page must do work per delta in proportion to the new text, never re-render
+the whole answer. Chromium reports every main-thread task over 50 ms as a
+``longtask``; none may take 100 ms or more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import ask, expect, last_answer, log_in, start_site
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream, completion, stream
+from tests.servers import Site
+
+TOKENS = 20_000
+LONG_TASKS = """
+window.longTasks = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) window.longTasks.push(entry.duration);
+}).observe({ type: "longtask", buffered: true });
+"""
+
+
+def long_markdown(tokens: int) -> list[str]:
+    """``tokens`` word-sized pieces of a Markdown answer: headings, prose, lists, code."""
+    section = (
+        "## Part {n}\n\n"
+        + "The relay moves each token from the upstream to the page as it comes. " * 6
+        + "\n\n- first point about part {n}\n- second point, with `inline code`\n"
+        + "- third point, **bold** and *emphasis*\n\n"
+        + "```python\ndef part_{n}(x: int) -> int:\n    total = 0\n"
+        + "    for i in range(x):\n        total += i * {n}\n    return total\n```\n\n"
+    )
+    document = "".join(section.format(n=n) for n in range(tokens // 100 + 1))
+    pieces = re.findall(r"\s*\S+", document)
+    assert len(pieces) >= tokens
+    return pieces[:tokens]
+
+
+@pytest.fixture
+def long_site(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Site]:
+    yield from start_site(
+        tmp_path,
+        OPENAI_BASE_URL=fake_upstream.url,
+        OPENAI_API_KEY=API_KEY,
+        CHAT_MODEL="fake-model",
+    )
+
+
+async def test_a_20000_token_answer_never_freezes_the_page(
+    page: Any, long_site: Site, fake_upstream: FakeUpstream
+) -> None:
+    pieces = long_markdown(TOKENS)
+    answer = "".join(pieces)
+    # 20 tokens every 5 ms: far faster than any model, so the page gets ~1,000 frames.
+    batches = ["".join(pieces[i : i + 20]) for i in range(0, TOKENS, 20)]
+    fake_upstream.script(stream(*completion(batches, pace=0.005)))
+    await page.add_init_script(LONG_TASKS)
+    chat = await log_in(page, long_site)
+
+    await ask(chat, "Write a very long answer")
+    await expect(last_answer(chat)).to_have_class(re.compile("chat-streaming"))
+    await expect(last_answer(chat)).to_have_class(re.compile("chat-complete"), timeout=60_000)
+
+    longest = max(await chat.evaluate("window.longTasks"), default=0.0)
+    print(f"longest main-thread task while streaming: {longest:.0f} ms")
+    assert longest < 100
+    body = last_answer(chat).locator(".chat-body")
+    await expect(body.locator("h2")).to_have_count(answer.count("## Part"))
+    # The text the page holds (what "Copy" copies) is the answer, character for character.
+    await chat.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await last_answer(chat).get_by_role("button", name="Copy the answer").click()
+    assert await chat.evaluate("navigator.clipboard.readText()") == answer
