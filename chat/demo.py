@@ -56,7 +56,7 @@ def compose_answer(question: str) -> str:
         "1. set `OPENAI_API_KEY` for OpenAI, or\n"
         "2. set `OPENAI_BASE_URL` for Ollama, vLLM, llama.cpp, OpenRouter and friends, and\n"
         "3. set `CHAT_MODEL` to the model's name.\n\n"
-        "Fenced code is highlighted once the answer is complete:\n\n"
+        "Each block is rendered as soon as it is complete; fenced code is highlighted:\n\n"
         "```python\n"
         "async def relay(upstream, socket):\n"
         "    async for delta in upstream:\n"

@@ -49,7 +49,8 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             ],
         )
         try:
-            page = await browser.new_page()
+            context = await browser.new_context()
+            page = await context.new_page()
             yield page
             report = getattr(request.node, "rep_call", None)
             if report is not None and report.failed:
