@@ -206,6 +206,8 @@ class Generation:
         error_info: ErrorInfo | None = (
             {"code": error.code, "detail": error.detail} if error is not None else None
         )
+        if error is not None:
+            logger.warning("Answer %s failed: %s: %s", self.message_id, error.code, error.detail)
         if status == "stopped" and self.stop_reason == "disconnected":
             error_info = {
                 "code": "client_disconnected",

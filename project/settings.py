@@ -156,7 +156,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": os.environ.get("CHAT_LOG_LEVEL", "INFO")}
+        # Not propagated: daphne gives the root logger a handler too, which would print twice.
+        "chat": {
+            "handlers": ["console"],
+            "level": os.environ.get("CHAT_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        }
     },
 }
 

@@ -134,6 +134,25 @@ def test_non_staff_users_cannot_read_transcripts(user: Any, transcript: Conversa
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
+def test_staff_without_the_view_permission_cannot_read_or_export(
+    django_user_model: Any, transcript: Conversation
+) -> None:
+    clerk = django_user_model.objects.create_user("clerk", password="pw", is_staff=True)
+    client = Client()
+    client.force_login(clerk)
+    for url in (
+        reverse("admin:chat_conversation_changelist"),
+        reverse("admin:chat_conversation_change", args=[transcript.pk]),
+        reverse("admin:chat_message_changelist"),
+    ):
+        assert client.get(url).status_code == 403
+    export = client.post(
+        reverse("admin:chat_conversation_changelist"),
+        {"action": "export_json", "_selected_action": [transcript.pk]},
+    )
+    assert export.status_code == 403
+
+
 def test_message_text_is_escaped_in_the_transcript(staff: Client, user: Any) -> None:
     conversation = Conversation.objects.create(owner=user, title="xss")
     Message.objects.create(

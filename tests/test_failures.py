@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import Any
 
@@ -149,6 +150,11 @@ async def test_a_refused_connection_is_reported(
             "upstream_error",
             id="error-object-in-stream",
         ),
+        pytest.param(
+            [*PARTIAL, event({"message": "Overloaded"}, name="error")],
+            "upstream_error",
+            id="error-event-in-stream",
+        ),
         pytest.param([*PARTIAL, b"data: {not json\n\n"], "upstream_garbage", id="invalid-json"),
         pytest.param([*PARTIAL, Pause(0.5), HANG], "upstream_timeout", id="stall"),
     ],
@@ -231,12 +237,28 @@ async def test_a_server_that_does_not_speak_http_is_reported(
     assert stored.status == "failed"
 
 
+async def test_a_connection_that_fails_before_any_response_is_retried(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    fake_upstream.script(Reply(garbage=b"SSH-2.0-OpenSSH_9.6\r\n"), stream(*completion(["back"])))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert (frames[-1]["status"], stored.content) == ("complete", "back")
+    assert len(fake_upstream.requests) == 2
+
+
 async def test_the_api_key_never_reaches_a_log_line(
     connect: Connect, fake_upstream: FakeUpstream, user: Any, caplog: Any
 ) -> None:
     caplog.set_level("DEBUG")
+    chat_logger = logging.getLogger("chat")  # it does not propagate: listen to it directly
+    chat_logger.addHandler(caplog.handler)
     fake_upstream.script(json_error(401, f"Incorrect API key provided: {API_KEY}"))
     chat = await connect(user)
-    frames, _ = await run_turn(chat)
+    try:
+        frames, _ = await run_turn(chat)
+    finally:
+        chat_logger.removeHandler(caplog.handler)
     assert API_KEY not in json.dumps(frames)
+    assert any("upstream_auth" in record.getMessage() for record in caplog.records)
     assert all(API_KEY not in record.getMessage() for record in caplog.records)

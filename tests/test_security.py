@@ -33,6 +33,28 @@ async def test_an_anonymous_socket_is_told_to_log_in_and_closed(connect: Connect
     }
 
 
+async def test_an_anonymous_session_cannot_chat_unless_anonymous_chat_is_on(
+    connect: Connect,
+) -> None:
+    session = SessionStore()
+    await sync_to_async(session.save)()
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/chat/",
+        headers=[(b"origin", ORIGIN), (b"cookie", f"sessionid={session.session_key}".encode())],
+    )
+    assert (await communicator.connect())[0]
+    try:
+        frame = await communicator.receive_json_from(timeout=5)
+        assert (frame["type"], frame["code"]) == ("error", "not_authenticated")
+        assert await communicator.receive_output(timeout=1) == {
+            "type": "websocket.close",
+            "code": 4401,
+        }
+    finally:
+        await communicator.disconnect()
+
+
 async def test_anonymous_chat_is_an_explicit_opt_in(
     fake_upstream: FakeUpstream, settings: Any, connect: Connect
 ) -> None:

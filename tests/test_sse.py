@@ -93,6 +93,12 @@ def test_an_event_larger_than_the_limit_is_refused() -> None:
         decoder.feed(b"data: " + b"y" * 200 + b"\n")
 
 
+def test_a_long_line_after_a_complete_one_is_bounded_too() -> None:
+    decoder = SSEDecoder(max_event_size=10)
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: a\n" + b"x" * 100)
+
+
 def test_many_data_lines_are_bounded_too() -> None:
     decoder = SSEDecoder(max_event_size=100)
     with pytest.raises(SSEError):

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from chat.generation import registry
-from chat.models import Message
+from chat import store
+from chat.fanout import hub
+from chat.generation import Generation, registry
+from chat.models import Message, Owner
+from chat.upstream import UpstreamConfig
 from tests.conftest import Connect, rebuild
 from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
 
@@ -132,3 +135,38 @@ async def wait_until_final(message_id: str) -> Message:
         while registry.tasks:
             await asyncio.wait(registry.tasks)
     return await Message.objects.aget(pk=message_id)
+
+
+class Watcher:
+    """A bare watcher of a conversation: keeps the frames it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+
+    def deliver(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+
+async def test_an_answer_stopped_before_it_starts_is_saved_and_announced_as_stopped(
+    fake_upstream: FakeUpstream, user: Any
+) -> None:
+    owner = Owner(user_id=user.pk)
+    turn = await store.start_turn(owner, None, "never mind", model="fake-model", system_prompt="")
+    generation = Generation(
+        message_id=turn.assistant_message.id,
+        conversation_id=turn.conversation.id,
+        owner_key=owner.key,
+        history=turn.history,
+        config=UpstreamConfig.from_settings(),
+    )
+    watcher = Watcher()
+    await hub.subscribe(turn.conversation.id, watcher)
+
+    generation.stop()
+    await generation.run()
+
+    await hub.unsubscribe(turn.conversation.id, watcher)
+    assert [(f["type"], f["status"]) for f in watcher.frames] == [("done", "stopped")]
+    stored = await Message.objects.aget(pk=turn.assistant_message.id)
+    assert (stored.status, stored.content) == ("stopped", "")
+    assert fake_upstream.requests == []  # the upstream was never asked
