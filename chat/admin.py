@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, DailyUsage, Message
 
 
 class ReadOnlyMixin:
@@ -88,7 +88,8 @@ def _outcome(message: Message) -> str:
 def _tokens(message: Message) -> str:
     if message.total_tokens is None:
         return ""
-    return f"{message.prompt_tokens} / {message.completion_tokens} / {message.total_tokens}"
+    figures = f"{message.prompt_tokens} / {message.completion_tokens} / {message.total_tokens}"
+    return f"~{figures} (estimated)" if message.usage_estimated else figures
 
 
 def _seconds(value: timedelta | None) -> str:
@@ -203,6 +204,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
         "status",
         "model",
         "total_tokens",
+        "usage_estimated",
         "time_to_first_token",
         "duration",
         "created_at",
@@ -212,3 +214,27 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     readonly_fields = ("created_at", "updated_at")
     list_select_related = ("conversation",)
     date_hierarchy = "created_at"
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """Each user's tokens a day, reported by the upstream or estimated where it said nothing."""
+
+    list_display = (
+        "day",
+        "user",
+        "owner_key",
+        "answers",
+        "prompt_tokens",
+        "completion_tokens",
+        "total",
+        "estimated_tokens",
+    )
+    list_filter = ("day",)
+    search_fields = ("user__username", "owner_key")
+    date_hierarchy = "day"
+    list_select_related = ("user",)
+
+    @admin.display(description="total tokens")
+    def total(self, obj: DailyUsage) -> int:
+        return obj.total_tokens

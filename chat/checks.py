@@ -64,6 +64,11 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     for name in ("CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE", "CHAT_SEND_WINDOW"):
         if not _positive_int(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive integer.", id="chat.E012"))
+    budget = conf.CHAT_DAILY_TOKEN_BUDGET
+    if budget is not None and not _positive_int(budget):
+        errors.append(
+            Error("CHAT_DAILY_TOKEN_BUDGET should be a positive integer or None.", id="chat.E013")
+        )
     retries = conf.CHAT_MAX_RETRIES
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         errors.append(Error("CHAT_MAX_RETRIES should be an integer of 0 or more.", id="chat.E003"))

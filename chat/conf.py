@@ -82,6 +82,11 @@ class Settings:
         return getattr(settings, "CHAT_TURNS_PER_MINUTE", 20)
 
     @property
+    def CHAT_DAILY_TOKEN_BUDGET(self) -> int | None:
+        """Tokens (prompt and answer) one user may spend a day; None for no budget."""
+        return getattr(settings, "CHAT_DAILY_TOKEN_BUDGET", None)
+
+    @property
     def CHAT_FRAMES_PER_SECOND(self) -> float:
         """Frames one socket may send a second (bursts of twice that)."""
         return getattr(settings, "CHAT_FRAMES_PER_SECOND", 20.0)

@@ -174,6 +174,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             owner_key=self.owner.key,
             history=turn.history,
             config=config,
+            budget=turn.budget,
         )
         # Known before its first frame, so that another process's interest in it,
         # which that frame may prompt, finds it.

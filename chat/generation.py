@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from asgiref.sync import sync_to_async
 
@@ -25,10 +25,23 @@ from chat.fanout import Frame, hub
 from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, HtmlFrame, ReasoningFrame
 from chat.rendering import BlockSplitter, render_block, render_markdown
 from chat.upstream import Answer, UpstreamConfig, stream_answer
+from chat.usage import Usage, estimate_prompt, estimate_tokens_of_length
 
 logger = logging.getLogger(__name__)
 
-StopReason = Literal["user", "disconnected"]
+#: Who or what stopped an answer: the user, their page closing, their budget, or staff.
+StopReason = str
+
+STOP_ERRORS: dict[str, ErrorInfo] = {
+    "disconnected": {
+        "code": "client_disconnected",
+        "detail": "Stopped because the last page showing this answer was closed.",
+    },
+    "budget": {
+        "code": "budget_exhausted",
+        "detail": "Your daily token budget ran out: the answer was cut off here.",
+    },
+}
 
 
 async def render(text: str) -> str:
@@ -47,12 +60,16 @@ class Generation:
         owner_key: str,
         history: Sequence[Mapping[str, str]],
         config: UpstreamConfig,
+        budget: int | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_key = owner_key
         self.history = history
         self.config = config
+        # With a daily budget, the answer is cut off once prompt and text may exceed it.
+        self.budget = budget
+        self._prompt_estimate = estimate_prompt(history) if budget is not None else 0
         self.answer = Answer()
         self.length = 0  # code points of answer text so far
         self.stop_reason: StopReason | None = None
@@ -138,6 +155,8 @@ class Generation:
                 await self.publish(delta, remote=self.shared)
                 for block in self._splitter.feed(content):
                     self._render(block)
+                if self.budget is not None and self._over_budget():
+                    self.stop("budget")
             if reasoning:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
@@ -149,6 +168,10 @@ class Generation:
                     "text": reasoning,
                 }
                 await self.publish(thought, remote=self.shared)
+
+    def _over_budget(self) -> bool:
+        assert self.budget is not None
+        return self._prompt_estimate + estimate_tokens_of_length(self.length) > self.budget
 
     def _render(self, block: str) -> None:
         if self._renderer is None:
@@ -208,19 +231,17 @@ class Generation:
         )
         if error is not None:
             logger.warning("Answer %s failed: %s: %s", self.message_id, error.code, error.detail)
-        if status == "stopped" and self.stop_reason == "disconnected":
-            error_info = {
-                "code": "client_disconnected",
-                "detail": "Stopped because the last page showing this answer was closed.",
-            }
+        if status == "stopped" and self.stop_reason in STOP_ERRORS:
+            error_info = STOP_ERRORS[self.stop_reason]
         text = self.text
+        answer = self.answer
+        usage = Usage.of((answer.prompt_tokens, answer.completion_tokens), self.history, text)
         try:
-            await self._save(status, text, error_info, ended)
+            await self._save(status, text, error_info, usage, ended)
         except Exception:
             # Watchers must still learn how the answer ended; the row stays
             # ``streaming`` and is swept as interrupted later.
             logger.exception("Could not save the end of message %s", self.message_id)
-        answer = self.answer
         done: DoneFrame = {
             "type": "done",
             "message": self._id,
@@ -229,9 +250,10 @@ class Generation:
             "length": self.length,
             "finish_reason": answer.finish_reason,
             "usage": {
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "total_tokens": answer.total_tokens,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+                "estimated": usage.estimated,
             },
             "error": error_info,
             "html": await self._rendered_html(),
@@ -240,13 +262,20 @@ class Generation:
         await self.publish(done)
 
     async def _save(
-        self, status: FinalStatus, text: str, error_info: ErrorInfo | None, ended: float
+        self,
+        status: FinalStatus,
+        text: str,
+        error_info: ErrorInfo | None,
+        usage: Usage,
+        ended: float,
     ) -> None:
         answer = self.answer
         first = None if self._first_token is None else self._first_token - self._started
         await store.finish_message(
             self.message_id,
             self.conversation_id,
+            owner_key=self.owner_key,
+            usage=usage,
             content=text,
             reasoning=self.reasoning,
             refusal=answer.refusal,
@@ -256,9 +285,6 @@ class Generation:
             error_code=error_info["code"] if error_info else "",
             error_detail=error_info["detail"] if error_info else "",
             model=answer.model or self.config.model,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            total_tokens=answer.total_tokens,
             upstream_request_id=answer.request_id[:200],
             time_to_first_token=store.as_duration(first),
             duration=store.as_duration(ended - self._started),

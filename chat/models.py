@@ -21,6 +21,11 @@ class Owner:
     def key(self) -> str:
         return f"user:{self.user_id}" if self.user_id is not None else f"session:{self.session_key}"
 
+    @classmethod
+    def from_key(cls, key: str) -> Owner:
+        kind, _, value = key.partition(":")
+        return cls(user_id=int(value)) if kind == "user" else cls(user_id=None, session_key=value)
+
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def owned_by(self, owner: Owner) -> ConversationQuerySet:
@@ -129,6 +134,11 @@ class Message(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    usage_estimated = models.BooleanField(
+        default=False,
+        help_text="The upstream reported no usage (the answer was cut short): the tokens are "
+        "estimated from the text.",
+    )
     upstream_request_id = models.CharField(
         max_length=200, blank=True, default="", help_text="The upstream's x-request-id header."
     )
@@ -148,6 +158,40 @@ class Message(models.Model):
     def __str__(self) -> str:
         text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"
         return f"{self.get_role_display()}: {text}"
+
+
+class DailyUsage(models.Model):
+    """Tokens one user (or anonymous session) spent in a day: answers and titles."""
+
+    owner_key = models.CharField(max_length=60, help_text="user:<id> or session:<key>.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="chat_usage",
+    )
+    day = models.DateField(db_index=True)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    estimated_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Of the total, tokens estimated because the upstream reported none."
+    )
+    answers = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily usage"
+        ordering = ("-day",)
+        constraints = (
+            models.UniqueConstraint(fields=("owner_key", "day"), name="chat_usage_once_a_day"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.owner_key} on {self.day}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def active_path(messages: list[Message], leaf_id: uuid.UUID | None) -> list[Message]:

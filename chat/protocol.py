@@ -159,6 +159,7 @@ class UsageInfo(TypedDict):
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    estimated: bool  # the upstream reported nothing: the figures are estimates
 
 
 class DeltaFrame(TypedDict):
@@ -250,6 +251,7 @@ def message_payload(
             "prompt_tokens": message.prompt_tokens,
             "completion_tokens": message.completion_tokens,
             "total_tokens": message.total_tokens,
+            "estimated": message.usage_estimated,
         },
         "model": message.model,
         "created_at": message.created_at.isoformat(),

@@ -15,11 +15,20 @@ from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db import connection, models, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from chat.conf import conf
 from chat.exceptions import ClientError
-from chat.models import Conversation, Message, Owner, active_path, newest_leaf_under
+from chat.models import (
+    Conversation,
+    DailyUsage,
+    Message,
+    Owner,
+    active_path,
+    newest_leaf_under,
+)
+from chat.usage import Usage
 
 TITLE_WORDS = 8
 
@@ -42,6 +51,7 @@ class Turn:
     assistant_message: Message
     history: list[dict[str, str]] = field(default_factory=list)
     versions: dict[uuid.UUID, list[str]] = field(default_factory=dict)
+    budget: int | None = None  # tokens this answer may spend, if the user has a daily budget
 
 
 @dataclass(slots=True)
@@ -67,8 +77,11 @@ def title_from(content: str) -> str:
     return title[:200]
 
 
-def check_limits(owner: Owner) -> None:
-    """Refuse a turn past the user's limits (checked in the database: every process agrees)."""
+def check_limits(owner: Owner) -> int | None:
+    """Refuse a turn past the user's limits (checked in the database: every process agrees).
+
+    Returns the tokens left in the user's daily budget, or None without a budget.
+    """
     mine = Message.objects.filter(
         conversation__in=Conversation.objects.owned_by(owner), role=Message.Roles.ASSISTANT
     )
@@ -85,6 +98,35 @@ def check_limits(owner: Owner) -> None:
             "slow_down",
             f"You can send {per_minute} messages a minute; try again in a moment.",
         )
+    budget = conf.CHAT_DAILY_TOKEN_BUDGET
+    if budget is None:
+        return None
+    left = budget - tokens_today(owner.key)
+    if left <= 0:
+        raise ClientError(
+            "budget_exhausted",
+            f"You have used your {budget} tokens for today; the budget renews at midnight.",
+        )
+    return left
+
+
+def tokens_today(owner_key: str) -> int:
+    row = DailyUsage.objects.filter(owner_key=owner_key, day=timezone.localdate()).first()
+    return row.total_tokens if row is not None else 0
+
+
+def record_usage(owner_key: str, usage: Usage, *, answers: int) -> None:
+    """Add to the owner's total for today (in the caller's transaction)."""
+    owner = Owner.from_key(owner_key)
+    row, _ = DailyUsage.objects.get_or_create(
+        owner_key=owner_key, day=timezone.localdate(), defaults={"user_id": owner.user_id}
+    )
+    DailyUsage.objects.filter(pk=row.pk).update(
+        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+        completion_tokens=F("completion_tokens") + usage.completion_tokens,
+        estimated_tokens=F("estimated_tokens") + (usage.total_tokens if usage.estimated else 0),
+        answers=F("answers") + answers,
+    )
 
 
 def versions_of(messages: list[Message], path: list[Message]) -> dict[uuid.UUID, list[str]]:
@@ -154,6 +196,7 @@ def _ask(
     created: bool,
     model: str,
     system_prompt: str,
+    budget: int | None,
 ) -> Turn:
     """Store a question after ``parent`` and its empty ``streaming`` answer."""
     question = Message.objects.create(
@@ -169,6 +212,7 @@ def _ask(
         answer,
         _history(path[:-1], system_prompt),
         versions_of(messages, path[-2:]),
+        budget,
     )
 
 
@@ -188,7 +232,7 @@ def start_turn(
     end of the active path when the page does not say.
     """
     with transaction.atomic():
-        check_limits(owner)
+        budget = check_limits(owner)
         if conversation_id is None:
             conversation = Conversation.objects.create(
                 owner_id=owner.user_id,
@@ -204,6 +248,7 @@ def start_turn(
                 created=True,
                 model=model,
                 system_prompt=system_prompt,
+                budget=budget,
             )
         conversation, messages = _lock_idle(owner, conversation_id)
         if parent_id is None:
@@ -221,6 +266,7 @@ def start_turn(
             created=False,
             model=model,
             system_prompt=system_prompt,
+            budget=budget,
         )
 
 
@@ -230,7 +276,7 @@ def edit_turn(
 ) -> Turn:
     """Ask an edited version of a question: a new branch beside the original, which is kept."""
     with transaction.atomic():
-        check_limits(owner)
+        budget = check_limits(owner)
         original = _owned_message(owner, message_id, Message.Roles.USER)
         conversation, messages = _lock_idle(owner, original.conversation_id)
         parent = next((m for m in messages if m.id == original.parent_id), None)
@@ -242,6 +288,7 @@ def edit_turn(
             created=False,
             model=model,
             system_prompt=system_prompt,
+            budget=budget,
         )
 
 
@@ -249,7 +296,7 @@ def edit_turn(
 def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_prompt: str) -> Turn:
     """Answer the same question again: a new answer beside the old one, which is kept."""
     with transaction.atomic():
-        check_limits(owner)
+        budget = check_limits(owner)
         previous = _owned_message(owner, message_id, Message.Roles.ASSISTANT)
         conversation, messages = _lock_idle(owner, previous.conversation_id)
         question = next(m for m in messages if m.id == previous.parent_id)
@@ -263,6 +310,7 @@ def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_p
             answer,
             _history(path[:-1], system_prompt),
             versions_of(messages, path[-1:]),
+            budget,
         )
 
 
@@ -318,23 +366,49 @@ def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: st
             .filter(status=Message.Statuses.STREAMING, updated_at__lt=cutoff)
             .exclude(pk__in=running)
         )
-        if orphans:
-            Message.objects.filter(pk__in=[m.pk for m in orphans]).update(
+        for orphan in orphans:
+            # No usage chunk ever came: estimate it from the text saved and the context.
+            conversation = Conversation.objects.get(pk=orphan.conversation_id)
+            earlier = list(conversation.messages.all())
+            history = _history(active_path(earlier, orphan.parent_id), "")
+            usage = Usage.of((None, None), history, orphan.content)
+            Message.objects.filter(pk=orphan.pk).update(
                 status=Message.Statuses.INTERRUPTED,
                 error_code="interrupted",
                 error_detail=detail,
                 updated_at=timezone.now(),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                usage_estimated=True,
             )
+            owner = Owner(user_id=conversation.owner_id, session_key=conversation.session_key)
+            record_usage(owner.key, usage, answers=1)
     return orphans
 
 
 @in_db_thread
-def finish_message(message_id: uuid.UUID, conversation_id: uuid.UUID, **fields: Any) -> None:
-    """Store an answer's final text, status, usage and timings."""
+def finish_message(
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    owner_key: str,
+    usage: Usage,
+    **fields: Any,
+) -> None:
+    """Store an answer's final text, status, usage and timings; add its tokens to the day's."""
     now = timezone.now()
     with transaction.atomic():
-        Message.objects.filter(pk=message_id).update(updated_at=now, **fields)
+        Message.objects.filter(pk=message_id).update(
+            updated_at=now,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            usage_estimated=usage.estimated,
+            **fields,
+        )
         Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
+        record_usage(owner_key, usage, answers=1)
 
 
 @in_db_thread

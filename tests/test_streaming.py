@@ -34,7 +34,12 @@ async def test_a_turn_streams_the_answer_and_saves_it(
     done = frames[-1]
     assert done["status"] == "complete"
     assert done["finish_reason"] == "stop"
-    assert done["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert done["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "total_tokens": 12,
+        "estimated": False,
+    }
     assert done["error"] is None
     stored = await Message.objects.aget(pk=answer["id"])
     assert stored.content == "Hello, wörld 🌍!"

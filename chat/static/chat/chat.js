@@ -335,12 +335,20 @@
       var detail = result.error && result.error.detail ? ": " + result.error.detail : "";
       appendNote(entry, "chat-status", (label || result.status) + detail);
     }
-    entry.node.appendChild(
-      actions(entry, [
-        ["Copy", "Copy the answer", copyAnswer],
-        ["Regenerate", "Answer this again", regenerate],
-      ])
-    );
+    var bar = actions(entry, [
+      ["Copy", "Copy the answer", copyAnswer],
+      ["Regenerate", "Answer this again", regenerate],
+    ]);
+    var usage = result.usage;
+    if (usage && usage.total_tokens !== null) {
+      var tokens = document.createElement("span");
+      tokens.className = "chat-usage";
+      tokens.textContent = usage.estimated
+        ? "~" + usage.total_tokens + " tokens (estimated)"
+        : usage.total_tokens + " tokens";
+      bar.appendChild(tokens);
+    }
+    entry.node.appendChild(bar);
     if (streamingId === entry.id) {
       setStreaming(null);
     }
