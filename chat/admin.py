@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin
 from django.db.models import Count, Max, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
@@ -13,7 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from chat.models import Conversation, DailyUsage, Message
+from chat.generation import stop_anywhere
+from chat.models import Conversation, DailyUsage, Message, StreamingAnswer
 
 
 class ReadOnlyMixin:
@@ -211,9 +213,77 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     )
     list_filter = ("status", "role", "model", "created_at")
     search_fields = ("content", "conversation__title")
-    readonly_fields = ("created_at", "updated_at")
+    exclude = ("timeline",)
+    readonly_fields = ("created_at", "updated_at", "how_it_ran")
     list_select_related = ("conversation",)
     date_hierarchy = "created_at"
+
+    @admin.display(description="how it ran")
+    def how_it_ran(self, obj: Message) -> str:
+        return _timeline(obj)
+
+
+def _timeline(message: Message) -> str:
+    """The answer's events with the time since it started; every value is escaped."""
+    events = [e for e in message.timeline if isinstance(e, dict)]
+    if not events:
+        return "—"
+    start = datetime.fromisoformat(str(events[0].get("at")))
+
+    def row(event: dict[str, Any]) -> tuple[str, str, str]:
+        at = datetime.fromisoformat(str(event.get("at")))
+        details = ", ".join(
+            f"{key}={value}"
+            for key, value in event.items()
+            if key not in ("at", "event") and value not in (None, "")
+        )
+        return f"+{(at - start).total_seconds() * 1000:.0f} ms", str(event.get("event")), details
+
+    rows = format_html_join(
+        "", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", (row(e) for e in events)
+    )
+    return format_html(
+        '<table class="chat-timeline"><thead><tr><th>when</th><th>event</th><th>details</th>'
+        "</tr></thead><tbody>{}</tbody></table>",
+        rows,
+    )
+
+
+@admin.register(StreamingAnswer)
+class StreamingAnswerAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """The answers being written now, in every process; staff with the permission stop them."""
+
+    list_display = ("created_at", "owner", "conversation", "model", "characters", "saved_at")
+    list_display_links = None
+    actions = ("stop_answers",)
+    list_select_related = ("conversation__owner",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
+        queryset: QuerySet[Message] = super().get_queryset(request)
+        return queryset.filter(status=Message.Statuses.STREAMING, role=Message.Roles.ASSISTANT)
+
+    @admin.display(description="owner")
+    def owner(self, obj: Message) -> str:
+        owner = obj.conversation.owner
+        return owner.get_username() if owner is not None else "anonymous session"
+
+    @admin.display(description="characters saved")
+    def characters(self, obj: Message) -> int:
+        return len(obj.content)
+
+    @admin.display(description="last checkpoint")
+    def saved_at(self, obj: Message) -> Any:
+        return obj.updated_at
+
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("chat.stop_answer"))
+
+    @admin.action(description="Stop the selected answers now", permissions=["stop"])
+    def stop_answers(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        by = f"staff:{request.user.get_username()}"
+        answers = list(queryset)
+        stopped = sum(async_to_sync(stop_anywhere)(m.id, m.conversation_id, by) for m in answers)
+        self.message_user(request, f"Stopped {stopped} of {len(answers)} answers.")
 
 
 @admin.register(DailyUsage)

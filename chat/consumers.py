@@ -23,7 +23,7 @@ from chat import demo, lifespan, store
 from chat.conf import conf
 from chat.exceptions import ClientError
 from chat.fanout import Frame, hub
-from chat.generation import Generation, registry
+from chat.generation import Generation, registry, stop_anywhere
 from chat.limits import FrameBucket, SendWindow
 from chat.models import Message, Owner
 from chat.protocol import (
@@ -92,6 +92,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def disconnect(self, code: int) -> None:
         if self.watching is not None:
+            if (running := registry.running_in(self.watching)) is not None:
+                running.answer.note("client_disconnected", code=code)
             await self.unwatch(on_disconnect=True)
         sender = getattr(self, "sender", None)
         if sender is not None:
@@ -210,11 +212,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         message = await store.load_message(self.owner, frame.message)
         if message is None:
             raise ClientError("not_found", "No such message.")
-        if message.status == Message.Statuses.STREAMING:
-            # Running in another process: the one that runs it answers.
-            request = {"action": "stop", "message": str(message.id)}
-            if await hub.ask(message.conversation_id, request) is not None:
-                return
+        # Running in another process: the one that runs it answers.
+        streaming = message.status == Message.Statuses.STREAMING
+        if streaming and await stop_anywhere(message.id, message.conversation_id, "user"):
+            return
         raise ClientError("not_running", "That answer is not being written any more.")
 
     async def show_conversation(self, conversation_id: uuid.UUID) -> None:
@@ -231,6 +232,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             except ClientError:
                 await self.unwatch(on_disconnect=False)
                 raise
+            if (running := registry.running_in(conversation_id)) is not None:
+                running.answer.note("client_watching")
             messages = transcript.path
             for message in messages:
                 if message.status == Message.Statuses.STREAMING:

@@ -106,6 +106,7 @@ class Generation:
         """Close the upstream now; the partial answer is saved as ``stopped``."""
         if self.stop_reason is not None:
             return
+        self.answer.note("stop_requested", by=reason)
         if self._pump is None:  # not started yet: run() will not even open the request
             self.stop_reason = reason
         elif not self._pump.done():
@@ -115,6 +116,7 @@ class Generation:
     async def run(self) -> None:
         """Stream the answer to the end, then store and announce how it ended."""
         self._started = time.monotonic()
+        self.answer.note("started", model=self.config.model)
         if self.stop_reason is not None:
             await self._finish("stopped", None)
             return
@@ -136,6 +138,8 @@ class Generation:
         except Exception as exc:
             logger.exception("Generation of message %s crashed", self.message_id)
             status, error = "failed", UpstreamError(f"The answer failed unexpectedly ({exc!r}).")
+        if status != "complete":
+            self.answer.note("upstream_closed")
         await self._finish(status, error)
 
     async def _stream(self) -> None:
@@ -143,6 +147,7 @@ class Generation:
             if content:
                 if self._first_token is None:
                     self._first_token = time.monotonic()
+                    self.answer.note("first_token")
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
@@ -233,9 +238,24 @@ class Generation:
             logger.warning("Answer %s failed: %s: %s", self.message_id, error.code, error.detail)
         if status == "stopped" and self.stop_reason in STOP_ERRORS:
             error_info = STOP_ERRORS[self.stop_reason]
+        elif status == "stopped" and (self.stop_reason or "").startswith("staff:"):
+            error_info = {"code": "stopped_by_staff", "detail": "Stopped by the site's staff."}
         text = self.text
         answer = self.answer
         usage = Usage.of((answer.prompt_tokens, answer.completion_tokens), self.history, text)
+        answer.note(
+            "finished",
+            status=status,
+            finish_reason=answer.finish_reason,
+            error=error_info["code"] if error_info else None,
+            length=self.length,
+        )
+        answer.note(
+            "usage",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=usage.estimated,
+        )
         try:
             await self._save(status, text, error_info, usage, ended)
         except Exception:
@@ -276,6 +296,10 @@ class Generation:
             self.conversation_id,
             owner_key=self.owner_key,
             usage=usage,
+            timeline=[
+                {"at": at.isoformat(), "event": event, **details}
+                for at, event, details in answer.events
+            ],
             content=text,
             reasoning=self.reasoning,
             refusal=answer.refusal,
@@ -376,7 +400,7 @@ class Registry:
         if generation is None:
             return None
         if body.get("action") == "stop":
-            generation.stop("user")
+            generation.stop(str(body.get("by", "user")))
             return {"stopped": True}
         if body.get("action") == "snapshot":
             return {"text": generation.text, "reasoning": generation.reasoning}
@@ -409,3 +433,13 @@ class Registry:
 
 registry = Registry()
 hub.control_handler = registry.handle_control
+
+
+async def stop_anywhere(message_id: uuid.UUID, conversation_id: uuid.UUID, by: StopReason) -> bool:
+    """Stop an answer in whichever process runs it; False if no process does."""
+    generation = registry.get(message_id)
+    if generation is not None:
+        generation.stop(by)
+        return True
+    request = {"action": "stop", "message": str(message_id), "by": by}
+    return await hub.ask(conversation_id, request) is not None

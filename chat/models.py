@@ -148,6 +148,11 @@ class Message(models.Model):
     duration = models.DurationField(
         null=True, blank=True, help_text="From the request sent upstream to the answer's end."
     )
+    timeline = models.JSONField(
+        blank=True,
+        default=list,
+        help_text="How the answer ran: started, request sent, retries, first token, stop, end.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -158,6 +163,16 @@ class Message(models.Model):
     def __str__(self) -> str:
         text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"
         return f"{self.get_role_display()}: {text}"
+
+
+class StreamingAnswer(Message):
+    """The answers being written right now, for the admin's live list (a proxy of Message)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "answer being written"
+        verbose_name_plural = "answers being written"
+        permissions = (("stop_answer", "Can stop an answer being written"),)
 
 
 class DailyUsage(models.Model):

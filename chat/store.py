@@ -381,6 +381,10 @@ def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: st
                 completion_tokens=usage.completion_tokens,
                 total_tokens=usage.total_tokens,
                 usage_estimated=True,
+                # Its process kept the rest of the timeline in memory, and is gone.
+                timeline=[
+                    {"at": timezone.now().isoformat(), "event": "interrupted", "detail": detail}
+                ],
             )
             owner = Owner(user_id=conversation.owner_id, session_key=conversation.session_key)
             record_usage(owner.key, usage, answers=1)

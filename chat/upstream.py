@@ -16,11 +16,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import orjson
+from django.utils import timezone
 
 from chat import network
 from chat.conf import DEFAULT_BASE_URL, conf
@@ -92,6 +94,11 @@ class Answer:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     request_id: str = ""
     done: bool = False  # the [DONE] sentinel arrived
+    #: How the answer ran, for the admin's timeline: (wall clock, event, details).
+    events: list[tuple[datetime, str, dict[str, Any]]] = field(default_factory=list)
+
+    def note(self, event: str, **details: Any) -> None:
+        self.events.append((timezone.now(), event, details))
 
     def apply(self, payload: object) -> tuple[str, str]:
         """Interpret one ``chat.completion.chunk``; return the (content, reasoning) it adds."""
@@ -237,6 +244,7 @@ async def stream_answer(
     )
     attempt = 0
     while True:
+        answer.note("request_sent", attempt=attempt + 1, url=request.url.path)
         try:
             response = await _open(client, request, config)
             break
@@ -245,10 +253,12 @@ async def stream_answer(
             if delay is None:
                 raise
             attempt += 1
+            answer.note("retry", after=error.code, delay=round(delay, 3))
             logger.info("Retrying the upstream in %.2fs after %s", delay, error.code)
             await asyncio.sleep(delay)
     try:
         answer.request_id = response.headers.get("x-request-id", "")
+        answer.note("response", status=response.status_code, request_id=answer.request_id)
         async for item in _read_events(response, config, answer):
             yield item
     finally:
