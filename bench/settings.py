@@ -23,6 +23,7 @@ LOGGING = {
 OPENAI_BASE_URL = os.environ["BENCH_UPSTREAM_URL"]
 OPENAI_API_KEY = "sk-bench"
 CHAT_MODEL = "bench"
+CHAT_AUTO_TITLE = False  # the relay is measured, not the title request
 # One benchmark user runs hundreds of answers at once: lift the per-user limits.
 CHAT_MAX_RUNNING_ANSWERS = 1_000_000
 CHAT_TURNS_PER_MINUTE = 1_000_000

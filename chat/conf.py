@@ -63,6 +63,21 @@ class Settings:
         return str(getattr(settings, "CHAT_UPSTREAM_CA_BUNDLE", ""))
 
     @property
+    def CHAT_AUTO_TITLE(self) -> bool:
+        """After the first exchange, ask the model for a short title (a small extra request)."""
+        return bool(getattr(settings, "CHAT_AUTO_TITLE", True))
+
+    @property
+    def CHAT_TITLE_MODEL(self) -> str:
+        """The model asked for titles; empty means ``CHAT_MODEL`` (a cheaper one may do)."""
+        return str(getattr(settings, "CHAT_TITLE_MODEL", ""))
+
+    @property
+    def CHAT_TITLE_TIMEOUT(self) -> float:
+        """Seconds the title request may take in all; then the first words stay the title."""
+        return getattr(settings, "CHAT_TITLE_TIMEOUT", 10.0)
+
+    @property
     def CHAT_ALLOW_ANONYMOUS(self) -> bool:
         """Off by default: an open endpoint spends someone's API credits."""
         return bool(getattr(settings, "CHAT_ALLOW_ANONYMOUS", False))

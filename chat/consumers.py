@@ -177,6 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             history=turn.history,
             config=config,
             budget=turn.budget,
+            title_after=turn.created,
         )
         # Known before its first frame, so that another process's interest in it,
         # which that frame may prompt, finds it.

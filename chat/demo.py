@@ -111,6 +111,30 @@ async def _stream(question: str, prompt_tokens: int) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+def _completion(question: str, prompt_tokens: int) -> dict[str, Any]:
+    """A non-streaming reply: the demo's idea of a title, the question's first words."""
+    asked = question.removeprefix("User: ").splitlines()[0] if question.strip() else ""
+    title = " ".join(asked.split()[:6]) or "Demo chat"
+    return {
+        "id": f"chatcmpl-demo-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "demo",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": title},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(title.split()),
+            "total_tokens": prompt_tokens + len(title.split()),
+        },
+    }
+
+
 def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse(
         {"error": {"message": message, "type": "invalid_request_error"}}, status=status
@@ -120,7 +144,7 @@ def _error(status: int, message: str) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def completions(request: HttpRequest) -> HttpResponseBase:
-    """``POST /v1/chat/completions`` of the demo model (streaming only)."""
+    """``POST /v1/chat/completions`` of the demo model (a streamed answer, or a short title)."""
     if not conf.demo_mode:
         return _error(404, "The demo model is off: a real model is configured.")
     try:
@@ -131,9 +155,9 @@ def completions(request: HttpRequest) -> HttpResponseBase:
         return _error(400, "Expected a JSON body with a 'messages' list.")
     if not isinstance(question, str):
         return _error(400, "Only text messages are supported by the demo model.")
-    if not body.get("stream"):
-        return _error(400, "The demo model only streams: send 'stream': true.")
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    if not body.get("stream"):
+        return JsonResponse(_completion(question, prompt_tokens))
     response = StreamingHttpResponse(
         _stream(question, prompt_tokens), content_type="text/event-stream"
     )

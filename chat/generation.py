@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -24,6 +24,7 @@ from chat.exceptions import UpstreamError
 from chat.fanout import Frame, hub
 from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, HtmlFrame, ReasoningFrame
 from chat.rendering import BlockSplitter, render_block, render_markdown
+from chat.titles import give_title
 from chat.upstream import Answer, UpstreamConfig, stream_answer
 from chat.usage import Usage, estimate_prompt, estimate_tokens_of_length
 
@@ -61,12 +62,14 @@ class Generation:
         history: Sequence[Mapping[str, str]],
         config: UpstreamConfig,
         budget: int | None = None,
+        title_after: bool = False,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_key = owner_key
         self.history = history
         self.config = config
+        self.title_after = title_after  # the first exchange: ask for a title once it ends
         # With a daily budget, the answer is cut off once prompt and text may exceed it.
         self.budget = budget
         self._prompt_estimate = estimate_prompt(history) if budget is not None else 0
@@ -141,6 +144,12 @@ class Generation:
         if status != "complete":
             self.answer.note("upstream_closed")
         await self._finish(status, error)
+        if self.title_after and conf.CHAT_AUTO_TITLE and status in ("complete", "stopped"):
+            question = self.history[-1]["content"] if self.history else ""
+            title = give_title(
+                self.conversation_id, self.owner_key, question, self.text, self.config
+            )
+            registry.spawn(title, name=f"chat-title-{self.conversation_id}")
 
     async def _stream(self) -> None:
         async for content, reasoning in stream_answer(self.config, self.history, self.answer):
@@ -321,7 +330,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_message: dict[uuid.UUID, Generation] = {}
         self._by_conversation: dict[uuid.UUID, Generation] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._checkpointer: asyncio.Task[None] | None = None
 
     def register(self, generation: Generation) -> None:
@@ -347,6 +356,17 @@ class Registry:
                 self._checkpoint_loop(), name="chat-checkpoints"
             )
         return task
+
+    def spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
+        """Run a side task of an answer (its title) that shutdown and tests wait for too."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget_side_task)
+
+    def _forget_side_task(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Task %s failed", task.get_name(), exc_info=task.exception())
 
     def _forget(self, generation: Generation, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -416,6 +416,15 @@ def finish_message(
 
 
 @in_db_thread
+def set_title(conversation_id: uuid.UUID, title: str, *, owner_key: str, usage: Usage) -> None:
+    """Store a conversation's title (if any) and count the tokens it cost."""
+    with transaction.atomic():
+        if title:
+            Conversation.objects.filter(pk=conversation_id).update(title=title[:200])
+        record_usage(owner_key, usage, answers=0)
+
+
+@in_db_thread
 def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> Transcript:
     conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
     if conversation is None:

@@ -205,6 +205,13 @@ async def aclose_client() -> None:
         await client.aclose()
 
 
+COMPLETION_BODY_LIMIT = 64 * 1024  # a title's completion is a few hundred bytes
+EXPECTED = {
+    "text/event-stream": "an event stream ('text/event-stream')",
+    "application/json": "JSON ('application/json')",
+}
+
+
 def request_body(config: UpstreamConfig, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     return {
         **config.options,
@@ -276,8 +283,59 @@ def _retry_delay(error: UpstreamError, attempt: int, config: UpstreamConfig) -> 
     return delay
 
 
+async def complete(
+    config: UpstreamConfig, messages: Sequence[Mapping[str, str]], *, max_tokens: int
+) -> tuple[str, tuple[int | None, int | None]]:
+    """One short, non-streaming completion (a title); return its text and reported usage.
+
+    Not retried: its callers can do without the answer. The caller bounds the time.
+    """
+    headers = {"Accept": "application/json", "Content-Type": "application/json", **config.headers}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    body = {"model": config.model, "messages": list(messages), "max_tokens": max_tokens}
+    client = get_client()
+    request = client.build_request(
+        "POST",
+        f"{config.base_url}/chat/completions",
+        content=orjson.dumps(body),
+        headers=headers,
+        timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+    )
+    response = await _open(client, request, config, expect="application/json")
+    try:
+        raw = b""
+        async for part in response.aiter_bytes():
+            raw += part
+            if len(raw) > COMPLETION_BODY_LIMIT:
+                raise UpstreamProtocolError("The model server sent an oversized completion.")
+    except httpx.HTTPError as exc:
+        raise UpstreamDisconnected("The model server broke off its completion.") from exc
+    finally:
+        await response.aclose()
+    try:
+        data = orjson.loads(raw)
+        text = data["choices"][0]["message"]["content"]
+        usage = data.get("usage") or {}
+    except (orjson.JSONDecodeError, LookupError, TypeError) as exc:
+        raise UpstreamProtocolError(
+            "The model server sent a completion of the wrong shape."
+        ) from exc
+    if not isinstance(text, str) or not isinstance(usage, dict):
+        raise UpstreamProtocolError("The model server sent a completion of the wrong shape.")
+    reported = (
+        _int_or_none(usage.get("prompt_tokens")),
+        _int_or_none(usage.get("completion_tokens")),
+    )
+    return text, reported
+
+
 async def _open(
-    client: httpx.AsyncClient, request: httpx.Request, config: UpstreamConfig
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    config: UpstreamConfig,
+    *,
+    expect: str = "text/event-stream",
 ) -> httpx.Response:
     try:
         response = await client.send(request, stream=True)
@@ -299,11 +357,11 @@ async def _open(
         finally:
             await response.aclose()
     content_type = response.headers.get("content-type", "")
-    if not content_type.startswith("text/event-stream"):
+    if not content_type.startswith(expect):
         await response.aclose()
         raise UpstreamProtocolError(
             f"The model server answered with {content_type or 'no content type'!r} "
-            "instead of an event stream ('text/event-stream')."
+            f"instead of {EXPECTED[expect]}."
         )
     return response
 

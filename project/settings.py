@@ -170,6 +170,7 @@ if os.environ.get("CHAT_MODEL"):
     CHAT_MODEL = os.environ["CHAT_MODEL"]
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "")
 CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
+CHAT_AUTO_TITLE = env_flag("CHAT_AUTO_TITLE", True)
 for _name in (
     "CHAT_DEMO_TOKENS_PER_SECOND",
     "CHAT_ORPHAN_AFTER",

@@ -104,6 +104,7 @@ async def fake_upstream(settings: Any) -> AsyncIterator[FakeUpstream]:
     settings.CHAT_MODEL = "fake-model"
     settings.CHAT_READ_TIMEOUT = 5.0
     settings.CHAT_RETRY_BACKOFF = 0.01
+    settings.CHAT_AUTO_TITLE = False  # a test that wants the title request turns it on
     yield server
     await server.close()
 

@@ -182,6 +182,29 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return Reply(status, {"content-type": "application/json", **(headers or {})}, [body])
 
 
+def json_completion(content: str, usage: tuple[int, int] = (30, 4)) -> Reply:
+    """A non-streaming ``chat.completion``, as for a title request."""
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "fake-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
+        },
+    }
+    return Reply(200, {"content-type": "application/json"}, [json.dumps(body).encode()])
+
+
 def html_error(status: int) -> Reply:
     body = f"<html><body><h1>{status} Bad Gateway</h1></body></html>".encode()
     return Reply(status, {"content-type": "text/html"}, [body])

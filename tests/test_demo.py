@@ -44,12 +44,25 @@ async def test_the_demo_endpoint_streams_openai_chunks(demo_settings: None) -> N
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
 
+async def test_the_demo_endpoint_answers_a_title_request(demo_settings: None) -> None:
+    question = "User: How do I keep basil alive in winter?\n\nAssistant: Light."
+    response = await AsyncClient().post(
+        "/chat/demo/v1/chat/completions",
+        data={"model": "demo", "messages": [{"role": "user", "content": question}]},
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    body = json.loads(response.content)
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "How do I keep basil alive"
+    assert body["usage"]["total_tokens"] > 0
+
+
 @pytest.mark.parametrize(
     "body",
     [
         pytest.param(b"nope", id="not-json"),
         pytest.param(b'{"stream": true}', id="no-messages"),
-        pytest.param(b'{"messages": [{"role": "user", "content": "x"}]}', id="not-streaming"),
     ],
 )
 async def test_the_demo_endpoint_rejects_bad_requests(demo_settings: None, body: bytes) -> None:

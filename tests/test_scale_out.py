@@ -95,6 +95,7 @@ async def cluster(
         OPENAI_BASE_URL=upstream.url,
         OPENAI_API_KEY="sk-test",
         CHAT_MODEL="fake-model",
+        CHAT_AUTO_TITLE="0",  # each test scripts the answers only
         CHAT_ORPHAN_AFTER="2",
         CHAT_CHECKPOINT_INTERVAL=checkpoint_interval,
     )

@@ -90,6 +90,7 @@
     done: onDone,
     error: onError,
     ping: onPing,
+    title: onTitle,
   };
 
   function onFrame(event) {
@@ -198,6 +199,13 @@
     }
     finishMessage(entry, frame);
     scrollToBottom(false);
+  }
+
+  function onTitle(frame) {
+    var link = el.conversations.querySelector('a[data-id="' + frame.conversation + '"]');
+    if (link) {
+      link.textContent = frame.title;
+    }
   }
 
   function onPing(frame) {
