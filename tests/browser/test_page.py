@@ -29,7 +29,7 @@ async def test_an_answer_streams_in_and_ends_as_highlighted_markdown(chat: Any) 
     await expect(answer.locator("blockquote")).to_contain_text("Hello, demo!")
     await expect(chat.locator(".chat-user .chat-body").last).to_have_text("Hello, demo!")
     ARTIFACTS.mkdir(exist_ok=True)
-    await chat.screenshot(path=ARTIFACTS / "answer.png")  # docs/screenshot.png is one of these
+    await chat.screenshot(path=ARTIFACTS / "answer.png")
 
 
 async def test_shift_enter_makes_a_new_line_and_enter_sends(chat: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.browser.conftest import ask, expect, finished, last_answer
+from tests.browser.conftest import ARTIFACTS, ask, expect, finished, last_answer, log_in
 
 VERSIONS = ".chat-versions span"
 
@@ -21,6 +21,8 @@ async def test_regenerate_and_edit_make_versions_a_person_can_step_between(chat:
     await last_answer(chat).get_by_role("button", name="Previous version").click()
     await expect(last_answer(chat)).to_have_attribute("data-id", first_answer)
     await expect(last_answer(chat).locator(VERSIONS)).to_have_text("1/2")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await chat.screenshot(path=ARTIFACTS / "versions.png")  # docs/screenshot.png
 
     question = chat.locator(".chat-user").last
     await question.get_by_role("button", name="Edit this message").click()
@@ -42,6 +44,8 @@ async def test_regenerate_and_edit_make_versions_a_person_can_step_between(chat:
     await expect(chat.locator(".chat-user .chat-body")).to_have_text(["First question"])
     await expect(last_answer(chat)).to_have_attribute("data-id", first_answer)
     await expect(last_answer(chat).locator(VERSIONS)).to_have_text("1/2")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await chat.screenshot(path=ARTIFACTS / "versions.png")  # docs/screenshot.png
 
 
 async def test_code_blocks_and_whole_answers_can_be_copied(chat: Any) -> None:
@@ -73,3 +77,20 @@ async def test_an_answer_running_in_another_tab_shows_as_running_there_too(chat:
     await finished(other)
     await expect(running.locator(".chat-live")).to_have_count(0)
     await expect(running.locator("pre code span.hl-k").first).to_be_visible()
+
+
+async def test_the_page_follows_a_dark_system_theme_and_fits_a_phone(page: Any, site: Any) -> None:
+    await page.emulate_media(color_scheme="dark")
+    await page.set_viewport_size({"width": 375, "height": 700})
+    chat = await log_in(page, site)
+    await ask(chat, "Small screen, dark room")
+    await finished(chat)
+
+    background = await chat.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(22, 24, 29)"
+    # Nothing wider than the screen: no sideways scrolling of the page.
+    assert await chat.evaluate("document.documentElement.scrollWidth") <= 375
+    await expect(chat.locator("#prompt")).to_be_in_viewport()
+    await expect(chat.locator("#send")).to_be_in_viewport()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await chat.screenshot(path=ARTIFACTS / "phone-dark.png")
