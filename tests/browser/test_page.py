@@ -149,3 +149,23 @@ async def test_the_page_reconnects_after_the_server_drops_the_socket(
         await expect(chat.locator(".chat-user .chat-body")).to_have_text(
             ["Before the restart", "After the restart"]
         )
+
+
+async def test_an_answer_cut_by_a_server_restart_shows_as_interrupted(
+    page: Any, tmp_path: Path
+) -> None:
+    env, port = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="20"), unused_port()
+    with daphne(env, port=port) as site:
+        chat = await log_in(page, site)
+        await ask(chat, "A slow answer")
+        await chat.wait_for_function(
+            "document.querySelector('.chat-assistant .chat-body')?.innerText.length > 30"
+        )
+        shown = await last_answer(chat).locator(".chat-body").inner_text()
+    # daphne was stopped (SIGTERM) mid-answer: it saved the text as interrupted.
+    with daphne(env, port=port):
+        await finished(chat, "interrupted")
+        await expect(last_answer(chat).locator(".chat-status")).to_contain_text("Interrupted")
+        kept = await last_answer(chat).locator(".chat-body").inner_text()
+        # Nothing the person saw was lost (it was raw Markdown then, rendered now).
+        assert kept.startswith(re.sub(r"[*`]", "", shown).rstrip())
