@@ -8,7 +8,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin
-from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models import Count, F, Max, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -298,6 +298,7 @@ class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg
         "prompt_tokens",
         "completion_tokens",
         "total",
+        "running",
         "estimated_tokens",
     )
     list_filter = ("day",)
@@ -305,6 +306,20 @@ class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg
     date_hierarchy = "day"
     list_select_related = ("user",)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DailyUsage]:
+        queryset: QuerySet[DailyUsage] = super().get_queryset(request)
+        so_far = (
+            DailyUsage.objects.filter(owner_key=OuterRef("owner_key"), day__lte=OuterRef("day"))
+            .values("owner_key")
+            .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+            .values("tokens")
+        )
+        return queryset.annotate(running_total=Subquery(so_far))
+
     @admin.display(description="total tokens")
     def total(self, obj: DailyUsage) -> int:
         return obj.total_tokens
+
+    @admin.display(description="running total (all days so far)", ordering="running_total")
+    def running(self, obj: Any) -> int:
+        return int(obj.running_total or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from django.urls import reverse
 
 from chat.models import Message
 from tests.conftest import ChatClient, Connect, rebuild
-from tests.fake_upstream import FakeUpstream, completion, hanging, json_error, stream
+from tests.fake_upstream import FakeUpstream, completion, hanging, json_error, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,3 +125,26 @@ async def test_only_staff_with_the_permission_may_stop_answers(
 
     await chat.stop(answer)
     await chat.receive_until("done")
+
+
+async def test_the_timeline_shows_a_page_leaving_and_another_coming_back(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    release = asyncio.Event()
+    fake_upstream.script(paused(["Half "], release, ["and the rest."]))
+    first = await connect(user)
+    answer = await running_answer(first)
+    conversation = first.frames[0]["conversation"]["id"]
+    await first.communicator.disconnect()
+
+    second = await connect(user)
+    await second.watch(conversation)
+    await second.receive_until("history")
+    release.set()
+    await second.receive_until("done")
+
+    message = await Message.objects.aget(pk=answer)
+    seen = events(message)
+    assert seen.index("first_token") < seen.index("client_disconnected")
+    assert seen.index("client_disconnected") < seen.index("client_watching")
+    assert seen.index("client_watching") < seen.index("finished")

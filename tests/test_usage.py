@@ -123,9 +123,18 @@ async def test_an_interrupted_answer_gets_an_estimate_too(user: Any, settings: A
     assert day.estimated_tokens == stored.total_tokens
 
 
-def test_staff_see_each_users_daily_usage(admin_client: Client, user: Any) -> None:
-    DailyUsage.objects.create(
-        owner_key=f"user:{user.pk}", user=user, day=timezone.localdate(), prompt_tokens=1234
-    )
-    page = admin_client.get(reverse("admin:chat_dailyusage_changelist")).content.decode()
-    assert "alice" in page and "1234" in page
+def test_staff_see_each_users_daily_usage_and_running_total(
+    admin_client: Client, user: Any
+) -> None:
+    today = timezone.localdate()
+    for days_ago, tokens in ((1, 1000), (0, 234)):
+        DailyUsage.objects.create(
+            owner_key=f"user:{user.pk}",
+            user=user,
+            day=today - timedelta(days=days_ago),
+            prompt_tokens=tokens,
+        )
+    response = admin_client.get(reverse("admin:chat_dailyusage_changelist"))
+    rows = {row.day: row.running_total for row in response.context["cl"].result_list}
+    assert rows == {today - timedelta(days=1): 1000, today: 1234}
+    assert "alice" in response.content.decode()
