@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import connection, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -116,17 +116,33 @@ def tokens_today(owner_key: str) -> int:
 
 
 def record_usage(owner_key: str, usage: Usage, *, answers: int) -> None:
-    """Add to the owner's total for today (in the caller's transaction)."""
-    owner = Owner.from_key(owner_key)
-    row, _ = DailyUsage.objects.get_or_create(
-        owner_key=owner_key, day=timezone.localdate(), defaults={"user_id": owner.user_id}
-    )
-    DailyUsage.objects.filter(pk=row.pk).update(
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        estimated_tokens=F("estimated_tokens") + (usage.total_tokens if usage.estimated else 0),
-        answers=F("answers") + answers,
-    )
+    """Add to the owner's total for today (in the caller's transaction).
+
+    One UPDATE in the common case; the day's first answer also inserts the row
+    (a race with another process's first insert is caught and added to).
+    """
+    today = timezone.localdate()
+    increments = {
+        "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
+        "completion_tokens": F("completion_tokens") + usage.completion_tokens,
+        "estimated_tokens": F("estimated_tokens") + (usage.total_tokens if usage.estimated else 0),
+        "answers": F("answers") + answers,
+    }
+    if DailyUsage.objects.filter(owner_key=owner_key, day=today).update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            DailyUsage.objects.create(
+                owner_key=owner_key,
+                user_id=Owner.from_key(owner_key).user_id,
+                day=today,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                estimated_tokens=usage.total_tokens if usage.estimated else 0,
+                answers=answers,
+            )
+    except IntegrityError:
+        DailyUsage.objects.filter(owner_key=owner_key, day=today).update(**increments)
 
 
 def versions_of(messages: list[Message], path: list[Message]) -> dict[uuid.UUID, list[str]]:
