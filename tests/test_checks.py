@@ -36,6 +36,11 @@ def test_the_defaults_pass() -> None:
         pytest.param("CHAT_MAX_RUNNING_ANSWERS", 0, "chat.E012", id="running-answers"),
         pytest.param("CHAT_TURNS_PER_MINUTE", "many", "chat.E012", id="turns-per-minute"),
         pytest.param("CHAT_ORPHAN_AFTER", 0, "chat.E002", id="orphan-after"),
+        pytest.param("CHAT_SEND_WINDOW", 0, "chat.E012", id="send-window"),
+        pytest.param("CHAT_SLOW_CLIENT_TIMEOUT", "soon", "chat.E002", id="slow-client-timeout"),
+        pytest.param("CHAT_TITLE_TIMEOUT", 0, "chat.E002", id="title-timeout"),
+        pytest.param("CHAT_DAILY_TOKEN_BUDGET", 0, "chat.E013", id="budget-zero"),
+        pytest.param("CHAT_DAILY_TOKEN_BUDGET", 1.5, "chat.E013", id="budget-float"),
     ],
 )
 def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_id: str) -> None:
