@@ -333,7 +333,7 @@
     }
     if (result.html) {
       entry.tail.data = "";
-      entry.rendered = result.length;
+      entry.rendered = entry.length;
     }
     if (result.refusal) {
       appendNote(entry, "chat-refusal", result.refusal);
