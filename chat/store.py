@@ -190,45 +190,50 @@ def _owned_message(owner: Owner, message_id: uuid.UUID, role: str) -> Message:
     return message
 
 
-def _answer(conversation: Conversation, parent: Message, model: str) -> Message:
-    answer = Message.objects.create(
-        conversation=conversation,
-        parent=parent,
-        role=Message.Roles.ASSISTANT,
-        status=Message.Statuses.STREAMING,
-        model=model,
-    )
-    conversation.current_leaf = answer
-    conversation.save(update_fields=["current_leaf", "updated_at"])
-    return answer
+@dataclass(frozen=True, slots=True)
+class Asking:
+    """How a new answer is asked for: the model, the system prompt, the tokens left today."""
+
+    model: str
+    system_prompt: str
+    budget: int | None
 
 
-def _ask(
+def _turn(
     conversation: Conversation,
     messages: list[Message],
     parent: Message | None,
-    content: str,
+    asking: Asking,
     *,
-    created: bool,
-    model: str,
-    system_prompt: str,
-    budget: int | None,
+    question: str | None,
+    created: bool = False,
 ) -> Turn:
-    """Store a question after ``parent`` and its empty ``streaming`` answer."""
-    question = Message.objects.create(
-        conversation=conversation, parent=parent, role=Message.Roles.USER, content=content
+    """Store ``question`` after ``parent`` and an empty ``streaming`` answer to it.
+
+    With no ``question``, ``parent`` is the question answered again. The answer
+    becomes the end of the active path, and the history is that path before it.
+    """
+    asked = None
+    if question is not None:
+        asked = Message.objects.create(
+            conversation=conversation, parent=parent, role=Message.Roles.USER, content=question
+        )
+        messages.append(asked)
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=asked or parent,
+        role=Message.Roles.ASSISTANT,
+        status=Message.Statuses.STREAMING,
+        model=asking.model,
     )
-    answer = _answer(conversation, question, model)
-    messages += [question, answer]
+    messages.append(answer)
+    conversation.current_leaf = answer
+    conversation.save(update_fields=["current_leaf", "updated_at"])
     path = active_path(messages, answer.id)
+    new = [m for m in (asked, answer) if m is not None]
+    history = _history(path[:-1], asking.system_prompt)
     return Turn(
-        conversation,
-        created,
-        question,
-        answer,
-        _history(path[:-1], system_prompt),
-        versions_of(messages, path[-2:]),
-        budget,
+        conversation, created, asked, answer, history, versions_of(messages, new), asking.budget
     )
 
 
@@ -248,7 +253,7 @@ def start_turn(
     end of the active path when the page does not say.
     """
     with transaction.atomic():
-        budget = check_limits(owner)
+        asking = Asking(model, system_prompt, check_limits(owner))
         if conversation_id is None:
             conversation = Conversation.objects.create(
                 owner_id=owner.user_id,
@@ -256,16 +261,7 @@ def start_turn(
                 title=title_from(content),
                 model=model,
             )
-            return _ask(
-                conversation,
-                [],
-                None,
-                content,
-                created=True,
-                model=model,
-                system_prompt=system_prompt,
-                budget=budget,
-            )
+            return _turn(conversation, [], None, asking, question=content, created=True)
         conversation, messages = _lock_idle(owner, conversation_id)
         if parent_id is None:
             path = active_path(messages, conversation.current_leaf_id)
@@ -274,16 +270,7 @@ def start_turn(
             parent = next((m for m in messages if m.id == parent_id), None)
             if parent is None or parent.role != Message.Roles.ASSISTANT:
                 raise ClientError("not_found", "No such answer to follow in this conversation.")
-        return _ask(
-            conversation,
-            messages,
-            parent,
-            content,
-            created=False,
-            model=model,
-            system_prompt=system_prompt,
-            budget=budget,
-        )
+        return _turn(conversation, messages, parent, asking, question=content)
 
 
 @in_db_thread
@@ -292,42 +279,22 @@ def edit_turn(
 ) -> Turn:
     """Ask an edited version of a question: a new branch beside the original, which is kept."""
     with transaction.atomic():
-        budget = check_limits(owner)
+        asking = Asking(model, system_prompt, check_limits(owner))
         original = _owned_message(owner, message_id, Message.Roles.USER)
         conversation, messages = _lock_idle(owner, original.conversation_id)
         parent = next((m for m in messages if m.id == original.parent_id), None)
-        return _ask(
-            conversation,
-            messages,
-            parent,
-            content,
-            created=False,
-            model=model,
-            system_prompt=system_prompt,
-            budget=budget,
-        )
+        return _turn(conversation, messages, parent, asking, question=content)
 
 
 @in_db_thread
 def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_prompt: str) -> Turn:
     """Answer the same question again: a new answer beside the old one, which is kept."""
     with transaction.atomic():
-        budget = check_limits(owner)
+        asking = Asking(model, system_prompt, check_limits(owner))
         previous = _owned_message(owner, message_id, Message.Roles.ASSISTANT)
         conversation, messages = _lock_idle(owner, previous.conversation_id)
         question = next(m for m in messages if m.id == previous.parent_id)
-        answer = _answer(conversation, question, model)
-        messages.append(answer)
-        path = active_path(messages, answer.id)
-        return Turn(
-            conversation,
-            False,
-            None,
-            answer,
-            _history(path[:-1], system_prompt),
-            versions_of(messages, path[-1:]),
-            budget,
-        )
+        return _turn(conversation, messages, question, asking, question=None)
 
 
 @in_db_thread
