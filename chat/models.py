@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,11 @@ class Message(models.Model):
     duration = models.DurationField(
         null=True, blank=True, help_text="From the request sent upstream to the answer's end."
     )
+    shown_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="When this message was last on the path shown: switching back to a version "
+        "returns to the replies seen with it.",
+    )
     timeline = models.JSONField(
         blank=True,
         default=list,
@@ -225,13 +231,13 @@ def active_path(messages: list[Message], leaf_id: uuid.UUID | None) -> list[Mess
     return path
 
 
-def newest_leaf_under(messages: list[Message], start: Message) -> Message:
-    """Follow the newest child from ``start`` down to a leaf: where switching to it lands."""
+def last_shown_leaf_under(messages: list[Message], start: Message) -> Message:
+    """Where switching to ``start`` lands: down the replies shown last, to a leaf."""
     children: dict[uuid.UUID, list[Message]] = {}
     for m in messages:
         if m.parent_id is not None:
             children.setdefault(m.parent_id, []).append(m)
     node = start
     while node.id in children:
-        node = max(children[node.id], key=lambda m: m.created_at)
+        node = max(children[node.id], key=lambda m: (m.shown_at, m.created_at))
     return node

@@ -26,7 +26,7 @@ from chat.models import (
     Message,
     Owner,
     active_path,
-    newest_leaf_under,
+    last_shown_leaf_under,
 )
 from chat.usage import Usage
 
@@ -299,14 +299,20 @@ def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_p
 
 @in_db_thread
 def switch_branch(owner: Owner, message_id: uuid.UUID) -> uuid.UUID:
-    """Show the branch through ``message_id`` (down its newest replies); return the conversation."""
+    """Show the branch through ``message_id``, down the replies last shown with it.
+
+    Every message of the new path is marked shown now, so that coming back to
+    any version of it later returns to this path. Returns the conversation.
+    """
     mine = Conversation.objects.owned_by(owner)
     with transaction.atomic():
         message = Message.objects.filter(pk=message_id, conversation__in=mine).first()
         if message is None:
             raise ClientError("not_found", "No such message.")
         messages = list(Message.objects.filter(conversation_id=message.conversation_id))
-        leaf = newest_leaf_under(messages, message)
+        leaf = last_shown_leaf_under(messages, message)
+        path = [m.pk for m in active_path(messages, leaf.id)]
+        Message.objects.filter(pk__in=path).update(shown_at=timezone.now())
         Conversation.objects.filter(pk=message.conversation_id).update(current_leaf=leaf)
     return message.conversation_id
 

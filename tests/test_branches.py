@@ -221,3 +221,32 @@ def test_the_migration_keeps_existing_conversations_as_one_path(user: Any) -> No
     messages = {m.pk: m for m in Message.objects.filter(pk__in=ids)}
     assert [messages[i].parent_id for i in ids] == [None, *ids[:-1]]
     assert Conversation.objects.get(pk=conversation.pk).current_leaf_id == ids[-1]
+
+
+async def test_coming_back_to_a_version_returns_to_the_replies_last_shown_with_it(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    chat = await connect(user)
+    conversation, _first, second = await two_turns(chat, fake_upstream)
+    fake_upstream.script(reply("Roughly 2.1 million."), reply("Half a million."))
+    await chat.send_json({"type": "regenerate", "message": second["answer"]["id"]})
+    await chat.receive_until("done")
+    # The person goes back to the first answer, then edits the question above it...
+    await chat.send_json({"type": "switch", "message": second["answer"]["id"]})
+    await chat.receive_until("history")
+    await chat.send_json(
+        {"type": "edit", "message": second["question"]["id"], "content": "And in Lyon?"}
+    )
+    await chat.receive_until("done")
+
+    # ...and back to the original question: it comes with the answer they last saw there.
+    await chat.send_json({"type": "switch", "message": second["question"]["id"]})
+    history = (await chat.receive_until("history"))[-1]
+
+    assert [m["content"] for m in history["messages"]][2:] == [
+        "How many people live there?",
+        "About 2 million.",
+    ]
+    assert history["messages"][3]["versions"][0] == second["answer"]["id"]
+    stored = await Conversation.objects.aget(pk=conversation)
+    assert str(stored.current_leaf_id) == second["answer"]["id"]

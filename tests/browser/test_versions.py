@@ -33,11 +33,9 @@ async def test_regenerate_and_edit_make_versions_a_person_can_step_between(chat:
     await expect(chat.locator(".chat-user").last.locator(VERSIONS)).to_have_text("2/2")
     await expect(last_answer(chat).locator("blockquote")).to_contain_text("Second question")
 
-    # Back to the first question: it comes with its newest answer, the regenerated one.
+    # Back to the first question: it comes with the answer last shown with it.
     await chat.locator(".chat-user").last.get_by_role("button", name="Previous version").click()
     await expect(chat.locator(".chat-user .chat-body")).to_have_text(["First question"])
-    await expect(last_answer(chat).locator(VERSIONS)).to_have_text("2/2")
-    await last_answer(chat).get_by_role("button", name="Previous version").click()
     await expect(last_answer(chat)).to_have_attribute("data-id", first_answer)
     # The branch shown is stored: a reload shows it again.
     await chat.reload()
