@@ -74,7 +74,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def connect(self) -> None:
         lifespan.started()
         self.owner = owner_of(self.scope)
-        # Code points of each answer (and ":r" its reasoning) this socket already has.
+        # Code points of each answer this socket already has: its text, its
+        # reasoning and its HTML, under the keys ``_keys`` gives.
         self.positions: dict[str, int] = {}
         self.finished: set[str] = set()
         self.outbox: deque[Frame] = deque()
@@ -146,7 +147,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.stop_answer(frame)
         elif isinstance(frame, Watch):
             await self.show_conversation(frame.conversation)
-        else:
+        elif isinstance(frame, Pong):  # the nonce was no ping of ours (receive took the rest)
             raise ClientError("invalid_frame", "No ping with that nonce is waiting.")
 
     # Client frames ---------------------------------------------------------
@@ -246,9 +247,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             for message, (html, end) in zip(messages, rendered, strict=True):
                 mid = str(message.id)
                 if message.status == Message.Statuses.STREAMING:
-                    self.positions[mid] = len(message.content)
-                    self.positions[mid + ":r"] = len(message.reasoning)
-                    self.positions[mid + ":h"] = end
+                    text, reasoning, html = _keys(mid)
+                    self.positions[text] = len(message.content)
+                    self.positions[reasoning] = len(message.reasoning)
+                    self.positions[html] = end
                 else:
                     self.finished.add(mid)
                 payloads.append(
@@ -330,8 +332,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.send(text_data=dumps({"type": "ping", "nonce": nonce}))
 
     async def wait_for_reader(self) -> bool:
-        """Hold further frames until the page proves it read; False if it does not in time."""
-        await self.ping_if_due()
+        """Hold further frames until the page proves it read; False if it does not in time.
+
+        The ping that covers everything sent went out just before (``ping_if_due``).
+        """
         try:
             async with asyncio.timeout(conf.CHAT_SLOW_CLIENT_TIMEOUT):
                 while self.window.full:
@@ -372,7 +376,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if message["conversation"] != str(self.watching):
                 return
             if message["status"] == "streaming":
-                for key in (message["id"], message["id"] + ":r", message["id"] + ":h"):
+                for key in _keys(message["id"]):
                     self.positions.setdefault(key, 0)
         elif kind == "done":
             mid = frame["message"]
@@ -381,7 +385,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if mid in self.positions and self.positions[mid] < frame["length"]:
                 await self.resync(mid, self.positions[mid])
             self.finished.add(mid)
-            for key in (mid, mid + ":r", mid + ":h"):
+            for key in _keys(mid):
                 self.positions.pop(key, None)
         await self.send_frame(frame)
 
@@ -403,6 +407,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             logger.info("Cannot fill a gap in message %s at %d yet", message_id, have)
         self.positions[message_id] = have
         return have
+
+
+def _keys(message_id: str) -> tuple[str, str, str]:
+    """The ``positions`` keys of an answer's text, reasoning and HTML."""
+    return message_id, message_id + ":r", message_id + ":h"
 
 
 async def _render_all(messages: list[Message]) -> list[tuple[str, int]]:

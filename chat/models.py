@@ -38,6 +38,12 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         return self.none()
 
 
+class MessageQuerySet(models.QuerySet["Message"]):
+    def owned_by(self, owner: Owner) -> MessageQuerySet:
+        """Only messages of ``owner``'s conversations (see ``ConversationQuerySet.owned_by``)."""
+        return self.filter(conversation__in=Conversation.objects.owned_by(owner))
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
@@ -161,6 +167,8 @@ class Message(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ("created_at",)

@@ -158,6 +158,6 @@ class BlockSplitter:
         starts = self._after_blank and not blank and not line[0].isspace()
         starts = starts and not _LIST_ITEM.match(line)
         if fence:
-            self._fence = fence.group(1)[0] * len(fence.group(1))
+            self._fence = fence.group(1)
         self._after_blank = blank
         return starts

@@ -82,9 +82,7 @@ def check_limits(owner: Owner) -> int | None:
 
     Returns the tokens left in the user's daily budget, or None without a budget.
     """
-    mine = Message.objects.filter(
-        conversation__in=Conversation.objects.owned_by(owner), role=Message.Roles.ASSISTANT
-    )
+    mine = Message.objects.owned_by(owner).filter(role=Message.Roles.ASSISTANT)
     running = mine.filter(status=Message.Statuses.STREAMING)
     limit = conf.CHAT_MAX_RUNNING_ANSWERS
     if running.count() >= limit:
@@ -183,8 +181,7 @@ def _lock_idle(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, 
 
 
 def _owned_message(owner: Owner, message_id: uuid.UUID, role: str) -> Message:
-    mine = Conversation.objects.owned_by(owner)
-    message = Message.objects.filter(pk=message_id, conversation__in=mine, role=role).first()
+    message = Message.objects.owned_by(owner).filter(pk=message_id, role=role).first()
     if message is None:
         raise ClientError("not_found", "No such message.")
     return message
@@ -304,9 +301,8 @@ def switch_branch(owner: Owner, message_id: uuid.UUID) -> uuid.UUID:
     Every message of the new path is marked shown now, so that coming back to
     any version of it later returns to this path. Returns the conversation.
     """
-    mine = Conversation.objects.owned_by(owner)
     with transaction.atomic():
-        message = Message.objects.filter(pk=message_id, conversation__in=mine).first()
+        message = Message.objects.owned_by(owner).filter(pk=message_id).first()
         if message is None:
             raise ClientError("not_found", "No such message.")
         messages = list(Message.objects.filter(conversation_id=message.conversation_id))
@@ -426,8 +422,7 @@ def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> Transcript:
 @in_db_thread
 def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
     """``owner``'s message with this id, or None (also when it is someone else's)."""
-    mine = Conversation.objects.owned_by(owner)
-    return Message.objects.filter(pk=message_id, conversation__in=mine).first()
+    return Message.objects.owned_by(owner).filter(pk=message_id).first()
 
 
 def as_duration(seconds: float | None) -> timedelta | None:

@@ -9,6 +9,7 @@ words. Its tokens count towards the user's daily usage like an answer's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -54,13 +55,8 @@ async def give_title(
 ) -> str | None:
     """Ask the model for a title, store it and tell the conversation's pages; None if it failed."""
     messages = title_request(question, answer)
-    title_config = UpstreamConfig(
-        base_url=config.base_url,
-        api_key=config.api_key,
-        model=conf.CHAT_TITLE_MODEL or config.model,
-        connect_timeout=config.connect_timeout,
-        read_timeout=conf.CHAT_TITLE_TIMEOUT,
-        headers=config.headers,
+    title_config = dataclasses.replace(
+        config, model=conf.CHAT_TITLE_MODEL or config.model, read_timeout=conf.CHAT_TITLE_TIMEOUT
     )
     try:
         async with asyncio.timeout(conf.CHAT_TITLE_TIMEOUT):

@@ -233,9 +233,7 @@ async def stream_answer(
     response, and with it the connection: the upstream stops generating.
     """
     client = get_client()
-    headers = {"Accept": "text/event-stream", **config.headers}
-    if config.api_key:
-        headers["Authorization"] = f"Bearer {config.api_key}"
+    headers = _headers(config, accept="text/event-stream")
     timeout = httpx.Timeout(
         connect=config.connect_timeout,
         read=config.read_timeout,
@@ -246,7 +244,7 @@ async def stream_answer(
         "POST",
         f"{config.base_url}/chat/completions",
         content=orjson.dumps(request_body(config, messages)),
-        headers={**headers, "Content-Type": "application/json"},
+        headers=headers,
         timeout=timeout,
     )
     attempt = 0
@@ -283,6 +281,14 @@ def _retry_delay(error: UpstreamError, attempt: int, config: UpstreamConfig) -> 
     return delay
 
 
+def _headers(config: UpstreamConfig, *, accept: str) -> dict[str, str]:
+    """A request's headers: ``CHAT_UPSTREAM_HEADERS`` may replace ``Accept``, not the rest."""
+    headers = {"Accept": accept, **config.headers, "Content-Type": "application/json"}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    return headers
+
+
 async def complete(
     config: UpstreamConfig, messages: Sequence[Mapping[str, str]], *, max_tokens: int
 ) -> tuple[str, tuple[int | None, int | None]]:
@@ -290,9 +296,7 @@ async def complete(
 
     Not retried: its callers can do without the answer. The caller bounds the time.
     """
-    headers = {"Accept": "application/json", "Content-Type": "application/json", **config.headers}
-    if config.api_key:
-        headers["Authorization"] = f"Bearer {config.api_key}"
+    headers = _headers(config, accept="application/json")
     body = {"model": config.model, "messages": list(messages), "max_tokens": max_tokens}
     client = get_client()
     request = client.build_request(

@@ -171,21 +171,18 @@ if os.environ.get("CHAT_MODEL"):
 CHAT_SYSTEM_PROMPT = os.environ.get("CHAT_SYSTEM_PROMPT", "")
 CHAT_ALLOW_ANONYMOUS = env_flag("CHAT_ALLOW_ANONYMOUS", False)
 CHAT_AUTO_TITLE = env_flag("CHAT_AUTO_TITLE", True)
-for _name in (
-    "CHAT_DEMO_TOKENS_PER_SECOND",
-    "CHAT_ORPHAN_AFTER",
-    "CHAT_CHECKPOINT_INTERVAL",
-    "CHAT_SLOW_CLIENT_TIMEOUT",
-):
+_NUMBERS: dict[str, type[int] | type[float]] = {
+    "CHAT_DEMO_TOKENS_PER_SECOND": float,
+    "CHAT_ORPHAN_AFTER": float,
+    "CHAT_CHECKPOINT_INTERVAL": float,
+    "CHAT_SLOW_CLIENT_TIMEOUT": float,
+    "CHAT_MAX_RETRIES": int,
+    "CHAT_MAX_RUNNING_ANSWERS": int,
+    "CHAT_TURNS_PER_MINUTE": int,
+    "CHAT_SEND_WINDOW": int,
+}
+for _name, _kind in _NUMBERS.items():
     if os.environ.get(_name):
-        globals()[_name] = float(os.environ[_name])
-for _name in (
-    "CHAT_MAX_RETRIES",
-    "CHAT_MAX_RUNNING_ANSWERS",
-    "CHAT_TURNS_PER_MINUTE",
-    "CHAT_SEND_WINDOW",
-):
-    if os.environ.get(_name):
-        globals()[_name] = int(os.environ[_name])
+        globals()[_name] = _kind(os.environ[_name])
 if os.environ.get("CHAT_ON_DISCONNECT"):
     CHAT_ON_DISCONNECT = os.environ["CHAT_ON_DISCONNECT"]

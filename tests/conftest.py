@@ -76,6 +76,22 @@ class ChatClient:
                 if frame["type"] == kind:
                     return frames
 
+    async def start_answer(self, content: str, conversation: str | None = None) -> str:
+        """Send a message; return the id of its answer once the answer's first text arrived."""
+        await self.send(content, conversation)
+        frames = await self.receive_until("delta")
+        return next(
+            f["message"]["id"]
+            for f in frames
+            if f["type"] == "message" and f["message"]["role"] == "assistant"
+        )
+
+    async def receive_text(self, text: str, timeout: float = 5.0) -> None:
+        """Read frames until the deltas received so far rebuild ``text``."""
+        async with asyncio.timeout(timeout):
+            while rebuild(self.frames) != text:
+                await self.receive(timeout=timeout)
+
     async def assert_silent(self) -> None:
         assert await self.communicator.receive_nothing(timeout=0.1)
 

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from chat.models import Message
-from tests.conftest import ChatClient, Connect, rebuild
+from tests.conftest import Connect, rebuild
 from tests.fake_upstream import FakeUpstream, completion, hanging, json_error, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,12 +22,6 @@ LIVE = reverse("admin:chat_streaminganswer_changelist")
 
 def events(message: Message) -> list[str]:
     return [event["event"] for event in message.timeline]
-
-
-async def running_answer(chat: ChatClient) -> str:
-    await chat.send("Tell me a long story")
-    frames = await chat.receive_until("delta")
-    return str(frames[-2]["message"]["id"])
 
 
 async def test_each_answer_keeps_a_timeline_of_how_it_ran(
@@ -65,7 +59,7 @@ async def test_a_stop_shows_who_asked_and_when_the_upstream_closed(
 ) -> None:
     fake_upstream.script(hanging("Once"))
     chat = await connect(user)
-    answer = await running_answer(chat)
+    answer = await chat.start_answer("Tell me a long story")
 
     await chat.stop(answer)
     await chat.receive_until("done")
@@ -81,7 +75,7 @@ async def test_staff_see_answers_being_written_and_can_stop_one(
 ) -> None:
     fake_upstream.script(hanging("Once upon a time"))
     chat = await connect(user)
-    answer = await running_answer(chat)
+    answer = await chat.start_answer("Tell me a long story")
 
     listing = await sync_to_async(admin_client.get)(LIVE)
     assert "alice" in listing.content.decode()  # whose answer it is
@@ -107,7 +101,7 @@ async def test_only_staff_with_the_permission_may_stop_answers(
 ) -> None:
     fake_upstream.script(hanging("Once"))
     chat = await connect(user)
-    answer = await running_answer(chat)
+    answer = await chat.start_answer("Tell me a long story")
     viewer = await django_user_model.objects.acreate(username="viewer", is_staff=True)
     view = await Permission.objects.aget(codename="view_streaminganswer")
     await sync_to_async(viewer.user_permissions.add)(view)
@@ -133,7 +127,7 @@ async def test_the_timeline_shows_a_page_leaving_and_another_coming_back(
     release = asyncio.Event()
     fake_upstream.script(paused(["Half "], release, ["and the rest."]))
     first = await connect(user)
-    answer = await running_answer(first)
+    answer = await first.start_answer("Tell me a long story")
     conversation = first.frames[0]["conversation"]["id"]
     await first.communicator.disconnect()
 

@@ -25,15 +25,7 @@ async def test_a_user_cannot_run_more_answers_at_once_than_the_limit(
     chat = await connect(user)
     answers = []
     for _ in range(2):
-        await chat.send("a long question")
-        frames = await chat.receive_until("delta")
-        answers.append(
-            next(
-                f["message"]["id"]
-                for f in frames
-                if f["type"] == "message" and f["message"]["role"] == "assistant"
-            )
-        )
+        answers.append(await chat.start_answer("a long question"))
 
     await chat.send("one more")
 

@@ -14,7 +14,7 @@ import websockets
 
 from chat.lifespan import LifespanApp, shutdown
 from chat.models import Message
-from tests.conftest import Connect, rebuild
+from tests.conftest import Connect
 from tests.fake_upstream import FakeUpstream, hanging
 from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
@@ -26,14 +26,8 @@ async def test_shutdown_saves_running_answers_as_interrupted(
 ) -> None:
     fake_upstream.script(hanging("Half an", " answer"))
     chat = await connect(user)
-    await chat.send("go")
-    while rebuild(chat.frames) != "Half an answer":
-        await chat.receive()
-    answer_id = next(
-        f["message"]["id"]
-        for f in chat.frames
-        if f["type"] == "message" and f["message"]["role"] == "assistant"
-    )
+    answer_id = await chat.start_answer("go")
+    await chat.receive_text("Half an answer")
 
     await shutdown()
 

@@ -12,7 +12,7 @@ from chat.fanout import hub
 from chat.generation import Generation, registry
 from chat.models import Message, Owner
 from chat.upstream import UpstreamConfig
-from tests.conftest import Connect, rebuild
+from tests.conftest import Connect
 from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,11 +22,8 @@ HANGING_ANSWER = hanging("Once upon", " a time")
 
 async def start_hanging_answer(chat: Any) -> str:
     """Send a message; return the assistant message id once two deltas arrived."""
-    await chat.send("Tell me a story")
-    frames = await chat.receive_until("delta")
-    answer_id: str = frames[-2]["message"]["id"]
-    while rebuild(chat.frames) != "Once upon a time":
-        await chat.receive()
+    answer_id = await chat.start_answer("Tell me a story")
+    await chat.receive_text("Once upon a time")
     return answer_id
 
 

@@ -24,11 +24,8 @@ async def test_a_stopped_answer_without_a_usage_chunk_stores_an_estimate_marked_
 ) -> None:
     fake_upstream.script(hanging("Twelve chars", " and more."))
     chat = await connect(user)
-    await chat.send("How many tokens?")
-    frames = await chat.receive_until("delta")
-    answer = frames[-2]["message"]["id"]
-    while rebuild(chat.frames) != "Twelve chars and more.":
-        await chat.receive()
+    answer = await chat.start_answer("How many tokens?")
+    await chat.receive_text("Twelve chars and more.")
 
     await chat.stop(answer)
     done = (await chat.receive_until("done"))[-1]

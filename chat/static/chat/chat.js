@@ -256,7 +256,6 @@
       rendered: 0,
       reasoningLength: codePoints(message.reasoning || ""),
       reasoningText: null,
-      status: message.status,
     };
     messages[message.id] = entry;
     path.push(message.id);
@@ -319,7 +318,6 @@
   }
 
   function finishMessage(entry, result) {
-    entry.status = result.status;
     entry.node.classList.remove("chat-streaming");
     entry.node.classList.add("chat-" + result.status);
     var live = entry.node.querySelector(".chat-live");
