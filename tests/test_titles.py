@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -86,7 +87,8 @@ async def test_later_exchanges_ask_for_no_title(
     "reply",
     [
         pytest.param(html_error(502), id="502"),
-        pytest.param(Reply(delay=2.0, body=[b"{}"]), id="too-slow"),
+        # A good title, but past CHAT_TITLE_TIMEOUT: only the timeout keeps it out.
+        pytest.param(dataclasses.replace(json_completion("Basil"), delay=2.0), id="too-slow"),
         pytest.param(
             Reply(200, {"content-type": "application/json"}, [b'{"choices": []}']),
             id="wrong-shape",

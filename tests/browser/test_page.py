@@ -21,7 +21,7 @@ async def test_an_answer_streams_in_and_ends_as_highlighted_markdown(chat: Any) 
     await expect(answer).to_have_class(re.compile("chat-streaming"))
     first = len(await answer.inner_text())
     await chat.wait_for_function(
-        f"document.querySelector('.chat-assistant:last-child').innerText.length > {first + 20}"
+        f"document.querySelector('.chat-assistant:last-child')?.innerText.length > {first + 20}"
     )
     await finished(chat)
     await expect(answer.locator("strong").first).to_have_text("This is the built-in demo model.")
@@ -48,7 +48,7 @@ async def test_stop_keeps_the_partial_answer_marked_stopped(chat: Any) -> None:
     await ask(chat, "Tell me everything")
     answer = last_answer(chat)
     await chat.wait_for_function(
-        "document.querySelector('.chat-assistant:last-child').innerText.length > 40"
+        "document.querySelector('.chat-assistant:last-child')?.innerText.length > 40"
     )
     await chat.click("#stop")
     await finished(chat, "stopped")
