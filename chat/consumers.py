@@ -247,10 +247,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             for message, (html, end) in zip(messages, rendered, strict=True):
                 mid = str(message.id)
                 if message.status == Message.Statuses.STREAMING:
-                    text, reasoning, html = _keys(mid)
-                    self.positions[text] = len(message.content)
-                    self.positions[reasoning] = len(message.reasoning)
-                    self.positions[html] = end
+                    for key, length in zip(
+                        _keys(mid), (len(message.content), len(message.reasoning), end), strict=True
+                    ):
+                        self.positions[key] = length
                 else:
                     self.finished.add(mid)
                 payloads.append(
