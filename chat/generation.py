@@ -302,7 +302,6 @@ class Generation:
         first = None if self._first_token is None else self._first_token - self._started
         await store.finish_message(
             self.message_id,
-            self.conversation_id,
             owner_key=self.owner_key,
             usage=usage,
             timeline=[

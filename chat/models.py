@@ -74,7 +74,7 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(
-        auto_now=True, db_index=True, help_text="Last activity: the last message started or saved."
+        auto_now=True, db_index=True, help_text="Last activity: when its last turn started."
     )
 
     objects = ConversationQuerySet.as_manager()

@@ -82,6 +82,8 @@ def check_limits(owner: Owner) -> int | None:
 
     Returns the tokens left in the user's daily budget, or None without a budget.
     """
+    # Two counts, not one OR-ed query: each can use its own index (status; the
+    # conversation's messages by time), where an OR scans the whole table on SQLite.
     mine = Message.objects.owned_by(owner).filter(role=Message.Roles.ASSISTANT)
     running = mine.filter(status=Message.Statuses.STREAMING)
     limit = conf.CHAT_MAX_RUNNING_ANSWERS
@@ -212,22 +214,31 @@ def _turn(
     """
     asked = None
     if question is not None:
-        asked = Message.objects.create(
+        asked = Message(
             conversation=conversation, parent=parent, role=Message.Roles.USER, content=question
         )
-        messages.append(asked)
-    answer = Message.objects.create(
+    answer = Message(
         conversation=conversation,
         parent=asked or parent,
         role=Message.Roles.ASSISTANT,
         status=Message.Statuses.STREAMING,
         model=asking.model,
     )
-    messages.append(answer)
-    conversation.current_leaf = answer
-    conversation.save(update_fields=["current_leaf", "updated_at"])
-    path = active_path(messages, answer.id)
     new = [m for m in (asked, answer) if m is not None]
+    messages += new
+    # The ids are made here, so rows can point at rows not inserted yet: both
+    # messages go in one INSERT, and where the database checks foreign keys at
+    # commit a new conversation is inserted with its leaf already (each write
+    # saved is one less in Channels' one database thread, where turns queue).
+    if created:
+        deferred = connection.features.can_defer_constraint_checks
+        conversation.current_leaf = answer if deferred else None
+        conversation.save(force_insert=True)
+    Message.objects.bulk_create(new)
+    if conversation.current_leaf_id != answer.id:
+        conversation.current_leaf = answer
+        conversation.save(update_fields=["current_leaf", "updated_at"])
+    path = active_path(messages, answer.id)
     history = _history(path[:-1], asking.system_prompt)
     return Turn(
         conversation, created, asked, answer, history, versions_of(messages, new), asking.budget
@@ -252,7 +263,7 @@ def start_turn(
     with transaction.atomic():
         asking = Asking(model, system_prompt, check_limits(owner))
         if conversation_id is None:
-            conversation = Conversation.objects.create(
+            conversation = Conversation(
                 owner_id=owner.user_id,
                 session_key="" if owner.user_id is not None else owner.session_key,
                 title=title_from(content),
@@ -379,7 +390,6 @@ def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: st
 @in_db_thread
 def finish_message(
     message_id: uuid.UUID,
-    conversation_id: uuid.UUID,
     *,
     owner_key: str,
     usage: Usage,
@@ -396,7 +406,6 @@ def finish_message(
             usage_estimated=usage.estimated,
             **fields,
         )
-        Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
         record_usage(owner_key, usage, answers=1)
 
 

@@ -13,7 +13,8 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from chat.models import Conversation, Message
+from chat import store
+from chat.models import Conversation, Message, Owner
 from tests.conftest import ChatClient, Connect, rebuild
 from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 
@@ -250,3 +251,29 @@ async def test_coming_back_to_a_version_returns_to_the_replies_last_shown_with_i
     assert history["messages"][3]["versions"][0] == second["answer"]["id"]
     stored = await Conversation.objects.aget(pk=conversation)
     assert str(stored.current_leaf_id) == second["answer"]["id"]
+
+
+@pytest.mark.parametrize("defers_foreign_keys", [True, False], ids=["deferred", "immediate"])
+async def test_a_new_conversation_ends_its_path_at_the_first_answer_on_any_database(
+    user: Any, monkeypatch: pytest.MonkeyPatch, defers_foreign_keys: bool
+) -> None:
+    # SQLite and PostgreSQL check foreign keys at commit, so a new conversation is
+    # inserted pointing at its answer; MySQL checks each row at once, so it is not.
+    monkeypatch.setattr(connection.features, "can_defer_constraint_checks", defers_foreign_keys)
+    owner = Owner(user_id=user.pk)
+    first = await store.start_turn(owner, None, "Capital of France?", model="m", system_prompt="")
+    conversation = await Conversation.objects.aget(pk=first.conversation.id)
+    assert conversation.current_leaf_id == first.assistant_message.id
+    question = await Message.objects.aget(pk=first.user_message.id)
+    assert (question.parent_id, question.content) == (None, "Capital of France?")
+
+    await Message.objects.filter(pk=first.assistant_message.id).aupdate(
+        content="Paris.", status=Message.Statuses.COMPLETE
+    )
+    second = await store.start_turn(
+        owner, conversation.id, "And Spain?", model="m", system_prompt=""
+    )
+    assert [m["content"] for m in second.history] == ["Capital of France?", "Paris.", "And Spain?"]
+    assert (
+        await Message.objects.aget(pk=second.user_message.id)
+    ).parent_id == first.assistant_message.id
