@@ -234,6 +234,9 @@ async def stream_answer(
     """
     client = get_client()
     headers = _headers(config, accept="text/event-stream")
+    # Compressing a token stream only delays it (a compressor buffers): ask for none.
+    if not any(name.lower() == "accept-encoding" for name in headers):
+        headers["Accept-Encoding"] = "identity"
     timeout = httpx.Timeout(
         connect=config.connect_timeout,
         read=config.read_timeout,
@@ -442,8 +445,11 @@ async def _read_events(
 ) -> AsyncIterator[tuple[str, str]]:
     decoder = SSEDecoder(max_event_size=config.max_event_size)
     loads = orjson.loads
+    # A server (or a proxy before it) may compress anyway: then httpx decodes.
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in chunks:
             content: list[str] = []
             reasoning: list[str] = []
             for event in decoder.feed(chunk):
@@ -474,6 +480,10 @@ async def _read_events(
                 return
     except SSEError as exc:
         raise UpstreamProtocolError(f"The model server sent an oversized event: {exc}.") from exc
+    except httpx.DecodingError as exc:
+        raise UpstreamProtocolError(
+            f"The model server sent a {encoding}-encoded stream that could not be decoded."
+        ) from exc
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(
             f"The model server sent nothing for {config.read_timeout:g} s; the answer was cut off."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import zlib
 from typing import Any
 
 import pytest
@@ -185,6 +186,39 @@ async def test_a_stream_without_done_but_with_a_finish_reason_is_complete(
     chat = await connect(user)
     frames, stored = await run_turn(chat)
     assert frames[-1]["status"] == "complete" and stored.content == "All here"
+
+
+def gzipped(*events: bytes) -> list[bytes]:
+    """A gzip stream flushed after every event, as a compressing proxy would send it."""
+    compressor = zlib.compressobj(wbits=31)
+    return [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events]
+
+
+async def test_the_stream_is_asked_uncompressed_and_read_right_if_compressed_anyway(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    gzip = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    fake_upstream.script(
+        stream(*gzipped(*completion(["Squeezed ", "but ", "whole"])), headers=gzip)
+    )
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert fake_upstream.requests[0].headers["accept-encoding"] == "identity"
+    assert frames[-1]["status"] == "complete"
+    assert rebuild(frames) == "Squeezed but whole" == stored.content
+
+
+async def test_a_compressed_stream_that_breaks_keeps_what_was_decoded(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    gzip = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    fake_upstream.script(stream(*gzipped(*PARTIAL), b"\x00not gzip at all", headers=gzip))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    done = frames[-1]
+    assert (done["status"], done["error"]["code"]) == ("failed", "upstream_garbage")
+    assert "could not be decoded" in done["error"]["detail"]
+    assert rebuild(frames) == "Partial" == stored.content
 
 
 async def test_an_oversized_event_fails_cleanly(
