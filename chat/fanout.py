@@ -14,8 +14,12 @@ published to the group once and fanned out locally by each receiving
 process. Deltas, the bulk, go to the group only once another process has
 said it watches (``chat.interest``, sent when it starts watching and when it
 sees a new answer start): an answer watched only where it runs never touches
-Redis past its first and last frames. A watcher that joined late sees a gap
-in ``index`` and fills it with the exact text from the answer's process.
+Redis past its first and last frames. Publishing only queues: a few sender
+tasks send each conversation's frames in order, one send at a time per
+conversation, merging the deltas that piled up meanwhile, so an answer never
+waits for Redis and a loaded Redis gets fewer, longer frames. A watcher that
+joined late sees a gap in ``index`` and fills it with the exact text from the
+answer's process.
 The same route carries control messages (stop an answer running in another
 process, ask it for the exact text so far).
 """
@@ -25,14 +29,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from chat.protocol import coalesce
+
 logger = logging.getLogger(__name__)
 
 Frame = Mapping[str, Any]
+#: Conversations whose frames are sent to the channel layer at once (each in order).
+PUBLISHERS = 8
 ControlHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 
 
@@ -55,15 +64,79 @@ class Remote:
         self.channel = ""
         self.replies: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
         self.task: asyncio.Task[None] | None = None
+        # Frames waiting to go out, by conversation, and the conversations whose
+        # frames are being sent now: one send at a time per conversation keeps
+        # them in order, and what piles up meanwhile goes out merged.
+        self.pending: dict[uuid.UUID, list[Frame]] = {}
+        self.sending: set[uuid.UUID] = set()
+        self.ready: deque[uuid.UUID] = deque()
+        self.wake = asyncio.Event()
+        self.drained = asyncio.Event()  # nothing queued, nothing being sent
+        self.progress = asyncio.Event()  # a conversation's send finished
+        self.drained.set()
+        self.publishers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("chat.process.")
         self.task = asyncio.create_task(self.receive_loop(), name="chat-fanout-receive")
+        self.publishers = [
+            asyncio.create_task(self.publish_loop(), name="chat-fanout-publish")
+            for _ in range(PUBLISHERS)
+        ]
 
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+    async def stop(self, *, flush_timeout: float = 5.0) -> None:
+        """Send what is still queued (the ends of interrupted answers), then stop."""
+        try:
+            async with asyncio.timeout(flush_timeout):
+                await self.drained.wait()
+        except TimeoutError:
+            logger.warning("Gave up sending %d conversation(s)' frames", len(self.pending))
+        tasks = [t for t in (self.task, *self.publishers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def publish(self, conversation_id: uuid.UUID, frame: Frame) -> None:
+        """Queue a frame for the other processes; never waits for the channel layer."""
+        self.drained.clear()
+        frames = self.pending.get(conversation_id)
+        if frames is not None:
+            frames.append(frame)
+            return
+        self.pending[conversation_id] = [frame]
+        if conversation_id not in self.sending:
+            self.ready.append(conversation_id)
+            self.wake.set()
+
+    async def flushed(self, conversation_id: uuid.UUID) -> None:
+        """Wait until every frame queued for this conversation was sent."""
+        while conversation_id in self.pending or conversation_id in self.sending:
+            self.progress.clear()
+            await self.progress.wait()
+
+    async def publish_loop(self) -> None:
+        while True:
+            if not self.ready:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            conversation_id = self.ready.popleft()
+            frames = self.pending.pop(conversation_id)
+            self.sending.add(conversation_id)
+            try:
+                for frame in coalesce(frames):
+                    await self.send(conversation_id, "chat.frame", frame=dict(frame))
+            except Exception:
+                # Watchers elsewhere see a gap in ``index`` and fill it from this process.
+                logger.exception("Could not publish %d frame(s) to other processes", len(frames))
+            finally:
+                self.sending.discard(conversation_id)
+                self.progress.set()
+                if conversation_id in self.pending:
+                    self.ready.append(conversation_id)
+                    self.wake.set()
+                elif not self.pending and not self.sending:
+                    self.drained.set()
 
     async def receive_loop(self) -> None:
         while True:
@@ -184,13 +257,17 @@ class Hub:
         self, conversation_id: uuid.UUID, frame: Frame, *, remote: bool = True
     ) -> None:
         """Deliver a frame to the conversation's watchers here, and unless ``remote`` is
-        False to those of other processes."""
+        False queue it for those of other processes (an answer never waits for Redis)."""
         self.deliver(conversation_id, frame)
         if not remote:
             return
         link = self._remote if self._started else await self.remote()
         if link is not None:
-            await link.send(conversation_id, "chat.frame", frame=dict(frame))
+            link.publish(conversation_id, frame)
+            if frame["type"] == "message":
+                # A new answer's first frames are out before it starts: another
+                # process watching learns of it, and asks for its deltas, in time.
+                await link.flushed(conversation_id)
 
     async def ask(
         self, conversation_id: uuid.UUID, body: Mapping[str, Any], *, timeout: float = 1.0

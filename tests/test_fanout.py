@@ -1,0 +1,161 @@
+"""Frames for other processes: an answer never waits for the channel layer (Redis).
+
+Publishing queues the frame; sender tasks send each conversation's frames in
+order, one send at a time per conversation, and merge the deltas that piled
+up while a send was slow. Watchers in this process get every frame at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from chat import fanout
+from chat.fanout import Frame, Hub, group_name
+
+
+class SlowLayer:
+    """A channel layer whose frames to the given groups wait until the test opens them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.arrived = asyncio.Event()  # set on every message sent
+        self.held = asyncio.Event()  # set when a frame waits at a closed gate
+
+    async def new_channel(self, prefix: str) -> str:
+        return prefix + "test"
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        await asyncio.Event().wait()  # nothing ever comes from other processes here
+        raise AssertionError("unreachable")
+
+    async def group_add(self, group: str, channel: str) -> None:
+        pass
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        if group in self.gates and message["type"] == "chat.frame":
+            self.held.set()
+            await self.gates[group].wait()
+        self.sent.append((group, message))
+        self.arrived.set()
+
+    def frames_to(self, conversation: uuid.UUID) -> list[Frame]:
+        group = group_name(conversation)
+        return [m["frame"] for g, m in self.sent if g == group and m["type"] == "chat.frame"]
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def deliver(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+def delta(index: int, text: str, message: str = "m1") -> Frame:
+    return {"type": "delta", "message": message, "index": index, "text": text}
+
+
+@pytest.fixture
+async def layer(monkeypatch: pytest.MonkeyPatch) -> SlowLayer:
+    slow = SlowLayer()
+    monkeypatch.setattr(fanout, "get_channel_layer", lambda: slow)
+    return slow
+
+
+@pytest.fixture
+async def hub(layer: SlowLayer) -> AsyncIterator[Hub]:
+    hub = Hub()
+    yield hub
+    for gate in layer.gates.values():
+        gate.set()
+    await hub.close()
+
+
+async def test_a_stuck_channel_layer_never_holds_up_the_answer_or_its_local_watchers(
+    hub: Hub, layer: SlowLayer
+) -> None:
+    conversation = uuid.uuid4()
+    layer.gates[group_name(conversation)] = asyncio.Event()
+    here = Watcher()
+    await hub.subscribe(conversation, here)
+
+    async with asyncio.timeout(1):  # Redis is stuck: publishing must not be
+        for index, text in [(0, "Hel"), (3, "lo"), (5, ", "), (7, "world")]:
+            await hub.publish(conversation, delta(index, text))
+
+    assert [f["text"] for f in here.frames] == ["Hel", "lo", ", ", "world"]
+    assert layer.frames_to(conversation) == []
+
+
+async def test_what_piles_up_during_a_slow_send_goes_out_merged_and_in_order(
+    hub: Hub, layer: SlowLayer
+) -> None:
+    conversation = uuid.uuid4()
+    gate = layer.gates[group_name(conversation)] = asyncio.Event()
+    await hub.publish(conversation, delta(0, "Hel"))
+    await asyncio.sleep(0)  # the first frame's send starts, and waits on the gate
+    for index, text in [(3, "lo"), (5, ", "), (7, "world")]:
+        await hub.publish(conversation, delta(index, text))
+    done = {"type": "done", "message": "m1", "conversation": str(conversation), "length": 12}
+    await hub.publish(conversation, done)
+
+    gate.set()
+    remote = await hub.remote()
+    assert remote is not None
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+
+    assert layer.frames_to(conversation) == [delta(0, "Hel"), delta(3, "lo, world"), done]
+
+
+async def test_one_slow_conversation_does_not_hold_up_another(hub: Hub, layer: SlowLayer) -> None:
+    slow, fast = uuid.uuid4(), uuid.uuid4()
+    gate = layer.gates[group_name(slow)] = asyncio.Event()
+    await hub.publish(slow, delta(0, "waiting", "s"))
+    await hub.publish(fast, delta(0, "through", "f"))
+    remote = await hub.remote()
+    assert remote is not None
+
+    async with asyncio.timeout(1):
+        while not layer.frames_to(fast):
+            layer.arrived.clear()
+            await layer.arrived.wait()
+    assert layer.frames_to(slow) == []
+    gate.set()
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+    assert layer.frames_to(slow) == [delta(0, "waiting", "s")]
+
+
+async def test_closing_sends_what_is_still_queued(hub: Hub, layer: SlowLayer) -> None:
+    conversation = uuid.uuid4()
+    for index, text in [(0, "interrupted "), (12, "here")]:
+        await hub.publish(conversation, delta(index, text))
+
+    await hub.close()
+
+    assert layer.frames_to(conversation) == [delta(0, "interrupted here")]
+
+
+async def test_a_new_answer_is_announced_to_other_processes_before_it_starts(
+    hub: Hub, layer: SlowLayer
+) -> None:
+    # So that a process watching the conversation asks for the deltas in time.
+    conversation = uuid.uuid4()
+    gate = layer.gates[group_name(conversation)] = asyncio.Event()
+    message = {"type": "message", "message": {"id": "m1", "status": "streaming"}}
+    announcing = asyncio.create_task(hub.publish(conversation, message))
+    async with asyncio.timeout(1):
+        await layer.held.wait()
+    assert not announcing.done()
+
+    gate.set()
+    async with asyncio.timeout(1):
+        await announcing
+    assert layer.frames_to(conversation) == [message]
