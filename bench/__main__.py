@@ -226,11 +226,12 @@ def django_relay(
         capture_output=True,
         text=True,
     ).stdout.strip()
-    if server == "daphne":
+    if server in ("daphne", "daphne-asyncio"):
+        # As the README serves it: daphne on uvloop (chat.server), or daphne itself.
         command = [
             sys.executable,
             "-m",
-            "daphne",
+            "chat.server" if server == "daphne" else "daphne",
             "-v",
             "1",
             "-b",
@@ -610,6 +611,7 @@ async def probe(ws: ClientConnection) -> None:
 RELAYS = [
     "direct",
     "django-daphne",
+    "django-daphne-asyncio",
     "django-uvicorn",
     "django-daphne-redis-x2",
     "bare-python",
@@ -635,6 +637,12 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                 factory = {
                     "django-daphne": lambda: django_relay(
                         "django-daphne", upstream, "daphne", sqlite("django-daphne")
+                    ),
+                    "django-daphne-asyncio": lambda: django_relay(
+                        "django-daphne-asyncio",
+                        upstream,
+                        "daphne-asyncio",
+                        sqlite("django-daphne-asyncio"),
                     ),
                     "django-uvicorn": lambda: django_relay(
                         "django-uvicorn", upstream, "uvicorn", sqlite("django-uvicorn")

@@ -57,13 +57,19 @@ def prepare_site(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def daphne(env: dict[str, str], *, port: int = 0, timeout: float = 20.0) -> Iterator[Site]:
-    """Serve the project with daphne (on a free port by default); stop it afterwards."""
+def daphne(
+    env: dict[str, str], *, port: int = 0, timeout: float = 20.0, launcher: str = "chat.server"
+) -> Iterator[Site]:
+    """Serve the project with daphne (on a free port by default); stop it afterwards.
+
+    ``launcher`` is the module run: ``chat.server`` (daphne on uvloop, as the README
+    serves it) or ``daphne`` itself.
+    """
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "daphne",
+            launcher,
             "-v",
             "1",
             "-b",

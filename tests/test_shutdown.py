@@ -58,10 +58,13 @@ async def test_the_lifespan_app_runs_shutdown(monkeypatch: Any) -> None:
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
-async def test_stopping_daphne_mid_answer_keeps_the_partial_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["chat.server", "daphne"], ids=["uvloop", "asyncio"])
+async def test_stopping_daphne_mid_answer_keeps_the_partial_answer(
+    tmp_path: Path, launcher: str
+) -> None:
     env = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="20")
     received = ""
-    with daphne(env) as site:
+    with daphne(env, launcher=launcher) as site:
         cookie = await log_in(site, USER, PASSWORD)
         async with websockets.connect(
             site.ws_url + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": site.url}
