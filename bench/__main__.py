@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+USERS = 1000  # as many as the most sockets a scenario opens
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ class Relay:
     name: str
     ws_url: str = ""
     origin: str = ""
-    cookie: str | None = None
+    #: One logged-in user per socket (socket i is user i): 500 people, not one with 500 tabs.
+    cookies: list[str] = field(default_factory=list)
     stats_url: str | None = None
     process: subprocess.Popen[str] | None = None
     #: A second process on the same Redis and database: watchers connect there.
@@ -218,14 +220,14 @@ def django_relay(
         BENCH_UPSTREAM_URL=upstream,
         **(extra or {}),
     )
-    key = subprocess.run(
-        [sys.executable, "-m", "bench.prepare"],
+    keys = subprocess.run(
+        [sys.executable, "-m", "bench.prepare", str(USERS)],
         env=env,
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    ).stdout.split()
     if server in ("daphne", "daphne-asyncio"):
         # As the README serves it: daphne on uvloop (chat.server), or daphne itself.
         command = [
@@ -264,7 +266,7 @@ def django_relay(
             name,
             ws_url=f"ws://127.0.0.1:{port}/ws/chat/",
             origin=f"http://127.0.0.1:{port}",
-            cookie=f"sessionid={key}",
+            cookies=[f"sessionid={key}" for key in keys],
             stats_url=f"http://127.0.0.1:{port}/bench/stats/",
             process=process,
         )
@@ -324,10 +326,10 @@ class Stream:
     error: str | None = None
 
 
-async def open_socket(relay: Relay) -> ClientConnection:
+async def open_socket(relay: Relay, index: int = 0) -> ClientConnection:
     headers = {}
-    if relay.cookie:
-        headers["Cookie"] = relay.cookie
+    if relay.cookies:
+        headers["Cookie"] = relay.cookies[index % len(relay.cookies)]
     if relay.origin:
         headers["Origin"] = relay.origin
     return await connect(
@@ -343,11 +345,11 @@ async def open_socket(relay: Relay) -> ClientConnection:
 async def open_sockets(relay: Relay, count: int) -> list[ClientConnection]:
     gate = asyncio.Semaphore(50)  # a listen backlog overflows when thousands connect at once
 
-    async def one() -> ClientConnection:
+    async def one(index: int) -> ClientConnection:
         async with gate:
-            return await open_socket(relay)
+            return await open_socket(relay, index)
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 async def drive(socket: ClientConnection, stream: Stream, scenario: Scenario) -> None:
@@ -580,12 +582,12 @@ async def run_idle(relay: Relay, scenario: Scenario) -> Result:
     try:
         gate = asyncio.Semaphore(50)
 
-        async def one() -> None:
+        async def one(index: int) -> None:
             async with gate:
-                sockets.append(await open_socket(relay))
+                sockets.append(await open_socket(relay, index))
 
         outcomes = await asyncio.gather(
-            *(one() for _ in range(scenario.idle_sockets)), return_exceptions=True
+            *(one(i) for i in range(scenario.idle_sockets)), return_exceptions=True
         )
         result.errors = sum(isinstance(o, BaseException) for o in outcomes)
         result.completed = len(sockets)
