@@ -4,7 +4,7 @@ daphne runs Twisted on an asyncio event loop that it creates when
 ``daphne.server`` is first imported, and has no option to choose the loop.
 Setting uvloop's policy before that import puts Twisted, and with it every
 socket and every answer, on uvloop: in bench/RESULTS.md that cut the relay's
-CPU per token by 15 % under load and its added latency at one stream by half.
+CPU per token by 12-15 % under load.
 Where uvloop is not installed (it does not support Windows) this is plain daphne.
 """
 
