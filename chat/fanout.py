@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 Frame = Mapping[str, Any]
 #: Conversations whose frames are sent to the channel layer at once (each in order).
 PUBLISHERS = 8
+#: Waits before each new try of a send that failed; then the batch is dropped.
+RETRY_DELAYS = (0.1, 0.5, 2.0)
 ControlHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 
 
@@ -121,14 +123,10 @@ class Remote:
                 await self.wake.wait()
                 continue
             conversation_id = self.ready.popleft()
-            frames = self.pending.pop(conversation_id)
+            frames = coalesce(self.pending.pop(conversation_id))
             self.sending.add(conversation_id)
             try:
-                for frame in coalesce(frames):
-                    await self.send(conversation_id, "chat.frame", frame=dict(frame))
-            except Exception:
-                # Watchers elsewhere see a gap in ``index`` and fill it from this process.
-                logger.exception("Could not publish %d frame(s) to other processes", len(frames))
+                await self.send_in_order(conversation_id, frames)
             finally:
                 self.sending.discard(conversation_id)
                 self.progress.set()
@@ -137,6 +135,26 @@ class Remote:
                     self.wake.set()
                 elif not self.pending and not self.sending:
                     self.drained.set()
+
+    async def send_in_order(self, conversation_id: uuid.UUID, frames: list[Frame]) -> None:
+        """Send frames one after the other; a failed send is retried (Redis restarting).
+
+        Past the retries the rest of the batch is dropped and logged: watchers
+        elsewhere see a gap in ``index`` and fill it from this process.
+        """
+        sent = 0
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                for frame in frames[sent:]:
+                    await self.send(conversation_id, "chat.frame", frame=dict(frame))
+                    sent += 1
+                return
+            except Exception:
+                if delay is None:
+                    logger.exception("Dropped %d frame(s) for other processes", len(frames) - sent)
+                    return
+                logger.warning("Could not publish to other processes; retrying in %gs", delay)
+                await asyncio.sleep(delay)
 
     async def receive_loop(self) -> None:
         while True:

@@ -26,6 +26,8 @@ class SlowLayer:
         self.gates: dict[str, asyncio.Event] = {}
         self.arrived = asyncio.Event()  # set on every message sent
         self.held = asyncio.Event()  # set when a frame waits at a closed gate
+        self.failures = 0  # this many sends of frames of ``failing`` type fail, then work
+        self.failing = "delta"
 
     async def new_channel(self, prefix: str) -> str:
         return prefix + "test"
@@ -41,6 +43,9 @@ class SlowLayer:
         if group in self.gates and message["type"] == "chat.frame":
             self.held.set()
             await self.gates[group].wait()
+        if self.failures and message.get("frame", {}).get("type") == self.failing:
+            self.failures -= 1
+            raise ConnectionError("Redis is restarting")
         self.sent.append((group, message))
         self.arrived.set()
 
@@ -159,3 +164,45 @@ async def test_a_new_answer_is_announced_to_other_processes_before_it_starts(
     async with asyncio.timeout(1):
         await announcing
     assert layer.frames_to(conversation) == [message]
+
+
+async def test_a_send_that_fails_is_retried_so_nothing_is_lost_or_doubled(
+    hub: Hub, layer: SlowLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "RETRY_DELAYS", (0, 0, 0))
+    conversation = uuid.uuid4()
+    gate = layer.gates[group_name(conversation)] = asyncio.Event()
+    await hub.publish(conversation, delta(0, "Hel"))
+    async with asyncio.timeout(1):
+        await layer.held.wait()
+    await hub.publish(conversation, delta(3, "lo"))
+    done = {"type": "done", "message": "m1", "conversation": str(conversation), "length": 5}
+    await hub.publish(conversation, done)
+    # "lo" goes out, then the first try and two retries of ``done`` fail, the third works.
+    layer.failing, layer.failures = "done", 3
+
+    gate.set()
+    remote = await hub.remote()
+    assert remote is not None
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+
+    assert layer.frames_to(conversation) == [delta(0, "Hel"), delta(3, "lo"), done]
+
+
+async def test_after_the_retries_the_batch_is_dropped_and_later_frames_still_go(
+    hub: Hub, layer: SlowLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "RETRY_DELAYS", (0,))
+    conversation = uuid.uuid4()
+    layer.failures = 2
+    await hub.publish(conversation, delta(0, "lost"))
+    remote = await hub.remote()
+    assert remote is not None
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+    await hub.publish(conversation, delta(4, " found"))
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+
+    assert layer.frames_to(conversation) == [delta(4, " found")]
