@@ -32,6 +32,23 @@ async def test_an_answer_streams_in_and_ends_as_highlighted_markdown(chat: Any) 
     await chat.screenshot(path=ARTIFACTS / "answer.png")
 
 
+async def test_a_code_block_being_written_already_looks_like_code(chat: Any) -> None:
+    # Until its block is complete the code is plain text in the tail: it is shown on
+    # the code background, in monospace, and then replaced by the highlighted block.
+    await ask(chat, "Show me code")
+    answer = last_answer(chat)
+    await chat.wait_for_function(
+        "document.querySelector('.chat-assistant:last-child .chat-tail-code')"
+        "?.textContent.includes('async def relay')"
+    )
+    font = await answer.locator(".chat-tail-code").evaluate("e => getComputedStyle(e).fontFamily")
+    assert "monospace" in font
+    await finished(chat)
+    await expect(answer.locator(".chat-tail-code")).to_have_count(0)
+    await expect(answer.locator("pre code span.hl-k").first).to_be_visible()
+    await expect(chat.locator(".chat-user .chat-tail-code")).to_have_count(0)
+
+
 async def test_shift_enter_makes_a_new_line_and_enter_sends(chat: Any) -> None:
     await chat.fill("#prompt", "line one")
     await chat.press("#prompt", "Shift+Enter")

@@ -162,11 +162,26 @@
       text = Array.from(text).slice(entry.length - frame.index).join("");
     }
     if (text) {
+      var fresh = entry.length - entry.rendered < 3; // the tail's start may change
       entry.text += text;
       entry.tail.appendData(text);
       entry.length += codePoints(text);
+      if (fresh) {
+        markTail(entry);
+      }
       scrollToBottom(false);
     }
+  }
+
+  // A code block being written looks like one (monospace, on the code
+  // background) until the server sends it highlighted. Only the tail's first
+  // characters are read, and only when a new block starts.
+  function markTail(entry) {
+    if (entry.role !== "assistant") {
+      return; // a question is shown as typed
+    }
+    var start = entry.tail.data.slice(0, 3);
+    entry.tailBox.classList.toggle("chat-tail-code", start === "```" || start === "~~~");
   }
 
   // Complete Markdown blocks of a streaming answer, rendered and sanitized by
@@ -180,6 +195,7 @@
     appendHtml(entry, frame.html);
     entry.tail.deleteData(0, utf16Length(entry.tail.data, frame.end - frame.index));
     entry.rendered = frame.end;
+    markTail(entry);
     scrollToBottom(false);
   }
 
@@ -251,6 +267,7 @@
       body: body,
       html: null,
       tail: document.createTextNode(""),
+      tailBox: document.createElement("span"),
       text: message.content,
       length: codePoints(message.content),
       rendered: 0,
@@ -274,7 +291,10 @@
     } else {
       entry.tail.data = message.content;
     }
-    body.appendChild(entry.tail);
+    entry.tailBox.className = "chat-tail";
+    entry.tailBox.appendChild(entry.tail);
+    body.appendChild(entry.tailBox);
+    markTail(entry);
     node.appendChild(versionsNav(message));
     el.messages.appendChild(node);
     if (message.role === "user") {
@@ -332,6 +352,7 @@
     if (result.html) {
       entry.tail.data = "";
       entry.rendered = entry.length;
+      markTail(entry);
     }
     if (result.refusal) {
       appendNote(entry, "chat-refusal", result.refusal);
