@@ -31,7 +31,15 @@ class ServerSentEvent:
 
 
 class SSEError(ValueError):
-    """Raised when one event grows larger than the decoder's ``max_event_size``."""
+    """Raised when one event grows larger than the decoder's ``max_event_size``.
+
+    ``events`` holds the events the same chunk completed before the oversized
+    one, so that a caller can still use them.
+    """
+
+    def __init__(self, message: str, events: list[ServerSentEvent] | None = None) -> None:
+        super().__init__(message)
+        self.events = events or []
 
 
 class SSEDecoder:
@@ -86,13 +94,17 @@ class SSEDecoder:
         if rest:
             self._partial.append(rest)
         self._partial_size = len(rest)
-        if self._partial_size > self._max:
-            raise SSEError(f"an event is larger than {self._max} characters")
         events: list[ServerSentEvent] = []
-        for line in lines:
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
+        try:
+            for line in lines:
+                event = self._line(line)
+                if event is not None:
+                    events.append(event)
+            if self._partial_size > self._max:
+                raise SSEError(f"an event is larger than {self._max} characters")
+        except SSEError as exc:
+            exc.events = events
+            raise
         return events
 
     def _line(self, line: str) -> ServerSentEvent | None:

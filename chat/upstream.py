@@ -450,9 +450,18 @@ async def _read_events(
     chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
     try:
         async for chunk in chunks:
+            # What a read completed before a failure is still the answer's: it is
+            # yielded first, then the failure raised.
+            failure: UpstreamError | None = None
+            try:
+                events = decoder.feed(chunk)
+            except SSEError as exc:
+                events = exc.events
+                failure = UpstreamProtocolError(f"The model server sent an oversized event: {exc}.")
+                failure.__cause__ = exc
             content: list[str] = []
             reasoning: list[str] = []
-            for event in decoder.feed(chunk):
+            for event in events:
                 data = event.data
                 if data == "[DONE]":
                     answer.done = True
@@ -460,26 +469,32 @@ async def _read_events(
                 try:
                     payload = loads(data)
                 except orjson.JSONDecodeError as exc:
-                    raise UpstreamProtocolError(
+                    failure = UpstreamProtocolError(
                         "The model server sent a chunk that is not valid JSON."
-                    ) from exc
-                if event.event == "error":
-                    raise UpstreamStreamError(
-                        _error_message(payload.get("error", payload))
-                        if isinstance(payload, dict)
-                        else str(payload)
                     )
-                text, thought = answer.apply(payload)
+                    failure.__cause__ = exc
+                    break
+                try:
+                    if event.event == "error":
+                        raise UpstreamStreamError(
+                            _error_message(payload.get("error", payload))
+                            if isinstance(payload, dict)
+                            else str(payload)
+                        )
+                    text, thought = answer.apply(payload)
+                except UpstreamError as exc:
+                    failure = exc
+                    break
                 if text:
                     content.append(text)
                 if thought:
                     reasoning.append(thought)
             if content or reasoning:
                 yield "".join(content), "".join(reasoning)
+            if failure is not None:
+                raise failure
             if answer.done:
                 return
-    except SSEError as exc:
-        raise UpstreamProtocolError(f"The model server sent an oversized event: {exc}.") from exc
     except httpx.DecodingError as exc:
         raise UpstreamProtocolError(
             f"The model server sent a {encoding}-encoded stream that could not be decoded."

@@ -188,6 +188,26 @@ async def test_a_stream_without_done_but_with_a_finish_reason_is_complete(
     assert frames[-1]["status"] == "complete" and stored.content == "All here"
 
 
+@pytest.mark.parametrize(
+    ("last", "code"),
+    [
+        pytest.param(event({"error": {"message": "Model crashed"}}), "upstream_error", id="error"),
+        pytest.param(b"data: {not json}\n\n", "upstream_garbage", id="invalid-json"),
+        pytest.param(b"data: " + b"x" * 2000 + b"\n\n", "upstream_garbage", id="oversized"),
+    ],
+)
+async def test_text_that_arrives_with_the_failure_in_one_read_is_kept(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any, last: bytes, code: str
+) -> None:
+    # One chunk, so one network read: the text before the failure is still the answer's.
+    settings.CHAT_MAX_EVENT_BYTES = 1024
+    fake_upstream.script(stream(b"".join([*PARTIAL, last])))
+    chat = await connect(user)
+    frames, stored = await run_turn(chat)
+    assert (frames[-1]["status"], frames[-1]["error"]["code"]) == ("failed", code)
+    assert rebuild(frames) == "Partial" == stored.content
+
+
 def gzipped(*events: bytes) -> list[bytes]:
     """A gzip stream flushed after every event, as a compressing proxy would send it."""
     compressor = zlib.compressobj(wbits=31)
