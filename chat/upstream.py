@@ -186,13 +186,11 @@ def get_client() -> httpx.AsyncClient:
     client = _clients.get(loop)
     if client is None or client.is_closed:
         ca_bundle = conf.CHAT_UPSTREAM_CA_BUNDLE
-        transport = httpx.AsyncHTTPTransport(
-            # No cap on concurrent streams: each answer holds one connection for its
-            # whole life, and a pool limit would queue answers behind each other.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+        # No cap on concurrent connections: each answer holds one for its whole
+        # life, and a pool limit would queue answers behind each other.
+        transport = network.Transport(
+            ssl_context=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
         )
-        network.install(transport)
         client = httpx.AsyncClient(transport=transport, follow_redirects=False)
         _clients[loop] = client
     return client

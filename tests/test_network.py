@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
@@ -17,13 +18,113 @@ from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_the_shared_client_uses_the_asyncio_backend(fake_upstream: FakeUpstream) -> None:
+async def test_the_shared_client_reads_through_the_chat_transport() -> None:
     client = upstream.get_client()
     try:
-        pool = client._transport._pool  # type: ignore[attr-defined]
-        assert isinstance(pool._network_backend, network.AsyncioBackend)
+        assert isinstance(client._transport, network.Transport)  # type: ignore[attr-defined]
     finally:
         await upstream.aclose_client()
+
+
+class RawServer:
+    """A server that answers each request with the next scripted bytes, as they are.
+
+    ``None`` after a reply closes the connection once it is sent. It counts connections and the
+    requests on each, which shows whether the client kept one open.
+    """
+
+    def __init__(self, *replies: bytes | None) -> None:
+        self.replies = list(replies)
+        self.connections: list[int] = []  # requests seen on each connection
+        self.closed = asyncio.Event()  # a client closed a connection
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(0)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.connections[-1] += 1
+                reply = self.replies.pop(0)
+                if reply is None:
+                    break
+                writer.write(reply)
+                await writer.drain()
+                if self.replies and self.replies[0] is None:
+                    break  # close right after this reply
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.set()
+        finally:
+            writer.close()
+
+
+def ok(body: bytes, *headers: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n" % len(body)
+    return head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+
+
+async def fetch(client: httpx.AsyncClient, url: str) -> bytes:
+    return (await client.get(url)).content
+
+
+async def test_a_connection_is_reused_until_the_server_says_close() -> None:
+    server = RawServer(ok(b"one"), ok(b"two"), ok(b"three", b"connection: close"), ok(b"four"))
+    async with server as url, httpx.AsyncClient(transport=network.Transport()) as client:
+        got = [await fetch(client, url) for _ in range(4)]
+    assert got == [b"one", b"two", b"three", b"four"]
+    # One connection for three requests; "connection: close" made the fourth open another.
+    assert server.connections == [3, 1]
+
+
+async def test_an_informational_response_comes_before_the_real_one() -> None:
+    server = RawServer(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"after"))
+    async with server as url, httpx.AsyncClient(transport=network.Transport()) as client:
+        response = await client.get(url)
+    assert (response.status_code, response.content) == (200, b"after")
+
+
+async def test_a_body_without_a_length_ends_when_the_server_closes() -> None:
+    server = RawServer(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end", None)
+    async with server as url, httpx.AsyncClient(transport=network.Transport()) as client:
+        assert await fetch(client, url) == b"until the end"
+
+
+async def test_a_body_cut_short_fails_after_the_bytes_that_came() -> None:
+    server = RawServer(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this", None)
+    received = b""
+    async with (
+        server as url,
+        httpx.AsyncClient(transport=network.Transport()) as client,
+        client.stream("GET", url) as response,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for piece in response.aiter_raw():
+                received += piece
+    assert received == b"only this"
+
+
+async def test_a_response_left_unread_closes_its_connection() -> None:
+    # Closing a streamed response before its end is how a stop reaches the upstream.
+    server = RawServer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    async with server as url, httpx.AsyncClient(transport=network.Transport()) as client:
+        async with client.stream("GET", url) as response:
+            async for _ in response.aiter_raw():
+                break
+        await asyncio.wait_for(server.closed.wait(), timeout=2)
+
+
+async def test_garbage_instead_of_a_status_line_is_a_protocol_error() -> None:
+    async with (
+        RawServer(b"SSH-2.0-OpenSSH\r\n\r\n") as url,
+        httpx.AsyncClient(transport=network.Transport()) as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(url)
 
 
 @pytest.fixture

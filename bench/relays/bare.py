@@ -58,9 +58,7 @@ async def relay(socket: ServerConnection, client: httpx.AsyncClient, upstream: s
 
 
 async def main(port: int, upstream: str) -> None:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    network.install(transport)  # the same asyncio network backend as the chat app
+    transport = network.Transport()  # the same transport as the chat app
     async with httpx.AsyncClient(transport=transport, timeout=60) as client:
         server = await serve(
             lambda socket: relay(socket, client, upstream), "127.0.0.1", port, compression=None
