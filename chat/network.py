@@ -11,12 +11,13 @@ timer per read only while it has to wait, and parses responses with llhttp
 (``httptools``, the parser of Node.js and uvicorn): one C call per read.
 
 It is an ``httpx.AsyncBaseTransport``: httpx still builds requests, applies
-timeouts and decodes bodies, and requests through a proxy from the
-environment go through httpx's own transports. What is ours is small: HTTP/1.1
-only, one request per connection at a time, idle connections kept per host
-for reuse, and httpx's exception classes for every failure, raised where
-httpcore raises them (an error after the response headers surfaces while the
-body is read, after the body bytes that came before it).
+timeouts and decodes bodies. What is ours is small: HTTP/1.1 only, one request
+per connection at a time, idle connections kept per host for reuse, and
+httpx's exception classes for every failure, raised where httpcore raises them
+(an error after the response headers surfaces while the body is read, after
+the body bytes that came before it). No proxies: httpx ignores ``HTTPS_PROXY``
+once a client is given a transport, as it did with the httpcore transport
+this one replaces.
 """
 
 from __future__ import annotations
