@@ -272,12 +272,17 @@ class Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"Requests to {url.scheme}: URLs are not supported.")
         port = url.port or (443 if url.scheme == "https" else 80)
         key: Key = (url.scheme, url.host, port)
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
+        for name, value in request.headers.raw:
+            if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value:
+                # A line break would let a setting's value smuggle in headers of its own.
+                raise httpx.LocalProtocolError(f"The header {name!r} holds a line break.")
+            head.append(b"%s: %s\r\n" % (name, value))
         timeouts = request.extensions.get("timeout", {})
         connection = self._idle_connection(key) or await self._connect(key, timeouts.get("connect"))
         try:
-            head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
-            head += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
-            await connection.write(b"".join(head) + b"\r\n" + await request.aread(), None)
+            body = await request.aread()
+            await connection.write(b"".join(head) + b"\r\n" + body, timeouts.get("write"))
             return await self._response(connection, timeouts.get("read"))
         except BaseException:
             connection.close()

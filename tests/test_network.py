@@ -201,3 +201,11 @@ def test_the_backend_works_on_uvloop_too(settings: Any) -> None:
         return "".join(parts), answer.finish_reason
 
     assert uvloop.run(scenario()) == ("on uvloop", "stop")
+
+
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    server = RawServer(ok(b"never"))
+    async with server as url, httpx.AsyncClient(transport=network.Transport()) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get(url, headers={"x-api-key": "sk-1\r\nx-injected: yes"})
+    assert server.connections == []
