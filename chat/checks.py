@@ -86,6 +86,17 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                     id="chat.E005",
                 )
             )
+    proxy = conf.CHAT_UPSTREAM_PROXY
+    if proxy:
+        parts = urlsplit(proxy)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            errors.append(
+                Error(
+                    f"CHAT_UPSTREAM_PROXY should be an http(s) URL such as "
+                    f"'http://proxy.internal:3128'; got {proxy!r}.",
+                    id="chat.E014",
+                )
+            )
     if not isinstance(getattr(settings, "CHAT_COMPLETION_OPTIONS", {}), dict):
         errors.append(Error("CHAT_COMPLETION_OPTIONS should be a dict.", id="chat.E006"))
     if not isinstance(getattr(settings, "CHAT_UPSTREAM_HEADERS", {}), dict):

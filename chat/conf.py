@@ -63,6 +63,11 @@ class Settings:
         return str(getattr(settings, "CHAT_UPSTREAM_CA_BUNDLE", ""))
 
     @property
+    def CHAT_UPSTREAM_PROXY(self) -> str:
+        """An HTTP proxy for the upstream (``http://proxy:3128``); empty: connect directly."""
+        return str(getattr(settings, "CHAT_UPSTREAM_PROXY", ""))
+
+    @property
     def CHAT_AUTO_TITLE(self) -> bool:
         """After the first exchange, ask the model for a short title (a small extra request)."""
         return bool(getattr(settings, "CHAT_AUTO_TITLE", True))

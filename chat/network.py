@@ -15,9 +15,8 @@ timeouts and decodes bodies. What is ours is small: HTTP/1.1 only, one request
 per connection at a time, idle connections kept per host for reuse, and
 httpx's exception classes for every failure, raised where httpcore raises them
 (an error after the response headers surfaces while the body is read, after
-the body bytes that came before it). No proxies: httpx ignores ``HTTPS_PROXY``
-once a client is given a transport, as it did with the httpcore transport
-this one replaces.
+the body bytes that came before it). No proxies: with ``CHAT_UPSTREAM_PROXY``
+set, the chat app uses httpx's own transport instead.
 """
 
 from __future__ import annotations

@@ -186,11 +186,18 @@ def get_client() -> httpx.AsyncClient:
     client = _clients.get(loop)
     if client is None or client.is_closed:
         ca_bundle = conf.CHAT_UPSTREAM_CA_BUNDLE
-        # No cap on concurrent connections: each answer holds one for its whole
-        # life, and a pool limit would queue answers behind each other.
-        transport = network.Transport(
-            ssl_context=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-        )
+        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        transport: httpx.AsyncBaseTransport
+        if conf.CHAT_UPSTREAM_PROXY:
+            # Through a proxy, httpx's own transport (it speaks CONNECT); no cap on
+            # connections: each answer holds one for its whole life.
+            transport = httpx.AsyncHTTPTransport(
+                proxy=conf.CHAT_UPSTREAM_PROXY,
+                verify=context or True,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            )
+        else:
+            transport = network.Transport(ssl_context=context)
         client = httpx.AsyncClient(transport=transport, follow_redirects=False)
         _clients[loop] = client
     return client

@@ -41,6 +41,7 @@ def test_the_defaults_pass() -> None:
         pytest.param("CHAT_TITLE_TIMEOUT", 0, "chat.E002", id="title-timeout"),
         pytest.param("CHAT_DAILY_TOKEN_BUDGET", 0, "chat.E013", id="budget-zero"),
         pytest.param("CHAT_DAILY_TOKEN_BUDGET", 1.5, "chat.E013", id="budget-float"),
+        pytest.param("CHAT_UPSTREAM_PROXY", "proxy:3128", "chat.E014", id="proxy-scheme"),
     ],
 )
 def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_id: str) -> None:

@@ -209,3 +209,19 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -
         with pytest.raises(httpx.LocalProtocolError):
             await client.get(url, headers={"x-api-key": "sk-1\r\nx-injected: yes"})
     assert server.connections == []
+
+
+async def test_the_upstream_can_be_reached_through_a_proxy(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    # The fake upstream plays the proxy. The model server's own name cannot resolve,
+    # so the answer can only come through the proxy.
+    settings.CHAT_UPSTREAM_PROXY = fake_upstream.url.removesuffix("/v1")
+    settings.OPENAI_BASE_URL = "http://model-server.invalid/v1"
+    fake_upstream.script(stream(*completion(["Via ", "proxy"])))
+    chat = await connect(user)
+    await chat.send("hi")
+    frames = await chat.receive_until("done")
+    assert frames[-1]["status"] == "complete"
+    assert rebuild(frames) == "Via proxy"
+    assert fake_upstream.requests[0].path == "http://model-server.invalid/v1/chat/completions"
