@@ -75,26 +75,17 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         errors.append(Error("CHAT_MAX_RETRIES should be an integer of 0 or more.", id="chat.E003"))
     if conf.CHAT_ON_DISCONNECT not in ("stop", "continue"):
         errors.append(Error("CHAT_ON_DISCONNECT should be 'stop' or 'continue'.", id="chat.E004"))
-    base_url = conf.OPENAI_BASE_URL
-    if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+    for name, example, check_id in (
+        ("OPENAI_BASE_URL", "https://api.openai.com/v1", "chat.E005"),
+        ("CHAT_UPSTREAM_PROXY", "http://proxy.internal:3128", "chat.E014"),
+    ):
+        url = getattr(conf, name)
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.netloc):
             errors.append(
                 Error(
-                    f"OPENAI_BASE_URL should be an http(s) URL such as "
-                    f"'https://api.openai.com/v1'; got {base_url!r}.",
-                    id="chat.E005",
-                )
-            )
-    proxy = conf.CHAT_UPSTREAM_PROXY
-    if proxy:
-        parts = urlsplit(proxy)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            errors.append(
-                Error(
-                    f"CHAT_UPSTREAM_PROXY should be an http(s) URL such as "
-                    f"'http://proxy.internal:3128'; got {proxy!r}.",
-                    id="chat.E014",
+                    f"{name} should be an http(s) URL such as {example!r}; got {url!r}.",
+                    id=check_id,
                 )
             )
     if not isinstance(getattr(settings, "CHAT_COMPLETION_OPTIONS", {}), dict):
