@@ -66,6 +66,14 @@ def delta(index: int, text: str, message: str = "m1") -> Frame:
     return {"type": "delta", "message": message, "index": index, "text": text}
 
 
+async def all_sent(hub: Hub) -> None:
+    """Wait (at most a second) until every queued frame was sent to the channel layer."""
+    remote = await hub.remote()
+    assert remote is not None
+    async with asyncio.timeout(1):
+        await remote.drained.wait()
+
+
 @pytest.fixture
 async def layer(monkeypatch: pytest.MonkeyPatch) -> SlowLayer:
     slow = SlowLayer()
@@ -111,10 +119,7 @@ async def test_what_piles_up_during_a_slow_send_goes_out_merged_and_in_order(
     await hub.publish(conversation, done)
 
     gate.set()
-    remote = await hub.remote()
-    assert remote is not None
-    async with asyncio.timeout(1):
-        await remote.drained.wait()
+    await all_sent(hub)
 
     assert layer.frames_to(conversation) == [delta(0, "Hel"), delta(3, "lo, world"), done]
 
@@ -124,8 +129,6 @@ async def test_one_slow_conversation_does_not_hold_up_another(hub: Hub, layer: S
     gate = layer.gates[group_name(slow)] = asyncio.Event()
     await hub.publish(slow, delta(0, "waiting", "s"))
     await hub.publish(fast, delta(0, "through", "f"))
-    remote = await hub.remote()
-    assert remote is not None
 
     async with asyncio.timeout(1):
         while not layer.frames_to(fast):
@@ -133,8 +136,7 @@ async def test_one_slow_conversation_does_not_hold_up_another(hub: Hub, layer: S
             await layer.arrived.wait()
     assert layer.frames_to(slow) == []
     gate.set()
-    async with asyncio.timeout(1):
-        await remote.drained.wait()
+    await all_sent(hub)
     assert layer.frames_to(slow) == [delta(0, "waiting", "s")]
 
 
@@ -182,10 +184,7 @@ async def test_a_send_that_fails_is_retried_so_nothing_is_lost_or_doubled(
     layer.failing, layer.failures = "done", 3
 
     gate.set()
-    remote = await hub.remote()
-    assert remote is not None
-    async with asyncio.timeout(1):
-        await remote.drained.wait()
+    await all_sent(hub)
 
     assert layer.frames_to(conversation) == [delta(0, "Hel"), delta(3, "lo"), done]
 
@@ -197,12 +196,8 @@ async def test_after_the_retries_the_batch_is_dropped_and_later_frames_still_go(
     conversation = uuid.uuid4()
     layer.failures = 2
     await hub.publish(conversation, delta(0, "lost"))
-    remote = await hub.remote()
-    assert remote is not None
-    async with asyncio.timeout(1):
-        await remote.drained.wait()
+    await all_sent(hub)
     await hub.publish(conversation, delta(4, " found"))
-    async with asyncio.timeout(1):
-        await remote.drained.wait()
+    await all_sent(hub)
 
     assert layer.frames_to(conversation) == [delta(4, " found")]
