@@ -73,9 +73,7 @@ class Remote:
         self.sending: set[uuid.UUID] = set()
         self.ready: deque[uuid.UUID] = deque()
         self.wake = asyncio.Event()
-        self.drained = asyncio.Event()  # nothing queued, nothing being sent
         self.progress = asyncio.Event()  # a conversation's send finished
-        self.drained.set()
         self.publishers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -90,7 +88,7 @@ class Remote:
         """Send what is still queued (the ends of interrupted answers), then stop."""
         try:
             async with asyncio.timeout(flush_timeout):
-                await self.drained.wait()
+                await self.flushed()
         except TimeoutError:
             logger.warning("Gave up sending %d conversation(s)' frames", len(self.pending))
         tasks = [t for t in (self.task, *self.publishers) if t is not None]
@@ -100,7 +98,6 @@ class Remote:
 
     def publish(self, conversation_id: uuid.UUID, frame: Frame) -> None:
         """Queue a frame for the other processes; never waits for the channel layer."""
-        self.drained.clear()
         frames = self.pending.get(conversation_id)
         if frames is not None:
             frames.append(frame)
@@ -110,11 +107,16 @@ class Remote:
             self.ready.append(conversation_id)
             self.wake.set()
 
-    async def flushed(self, conversation_id: uuid.UUID) -> None:
-        """Wait until every frame queued for this conversation was sent."""
-        while conversation_id in self.pending or conversation_id in self.sending:
+    async def flushed(self, conversation_id: uuid.UUID | None = None) -> None:
+        """Wait until every frame queued for this conversation (or for any) was sent."""
+        while self.busy(conversation_id):
             self.progress.clear()
             await self.progress.wait()
+
+    def busy(self, conversation_id: uuid.UUID | None) -> bool:
+        if conversation_id is None:
+            return bool(self.pending or self.sending)
+        return conversation_id in self.pending or conversation_id in self.sending
 
     async def publish_loop(self) -> None:
         while True:
@@ -133,8 +135,6 @@ class Remote:
                 if conversation_id in self.pending:
                     self.ready.append(conversation_id)
                     self.wake.set()
-                elif not self.pending and not self.sending:
-                    self.drained.set()
 
     async def send_in_order(self, conversation_id: uuid.UUID, frames: list[Frame]) -> None:
         """Send frames one after the other; a failed send is retried (Redis restarting).

@@ -360,21 +360,19 @@ class Registry:
         """Run a side task of an answer (its title) that shutdown and tests wait for too."""
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._forget_side_task)
+        task.add_done_callback(self._forget_task)
 
-    def _forget_side_task(self, task: asyncio.Task[Any]) -> None:
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("Task %s failed", task.get_name(), exc_info=task.exception())
 
     def _forget(self, generation: Generation, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
         self.unregister(generation)
         if not self._by_message and self._checkpointer is not None:
             self._checkpointer.cancel()
             self._checkpointer = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Generation task failed", exc_info=task.exception())
+        self._forget_task(task)
 
     async def _checkpoint_loop(self) -> None:
         """Save every running answer's new text, all in one transaction, once an interval.

@@ -373,10 +373,7 @@ def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: st
                 error_code="interrupted",
                 error_detail=detail,
                 updated_at=timezone.now(),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                usage_estimated=True,
+                **_usage_fields(usage),
                 # Its process kept the rest of the timeline in memory, and is gone.
                 timeline=[
                     {"at": timezone.now().isoformat(), "event": "interrupted", "detail": detail}
@@ -399,12 +396,7 @@ def finish_message(
     now = timezone.now()
     with transaction.atomic():
         Message.objects.filter(pk=message_id).update(
-            updated_at=now,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            usage_estimated=usage.estimated,
-            **fields,
+            updated_at=now, **_usage_fields(usage), **fields
         )
         record_usage(owner_key, usage, answers=1)
 
@@ -432,6 +424,16 @@ def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> Transcript:
 def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
     """``owner``'s message with this id, or None (also when it is someone else's)."""
     return Message.objects.owned_by(owner).filter(pk=message_id).first()
+
+
+def _usage_fields(usage: Usage) -> dict[str, Any]:
+    """A message's usage columns."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "usage_estimated": usage.estimated,
+    }
 
 
 def as_duration(seconds: float | None) -> timedelta | None:

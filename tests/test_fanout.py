@@ -71,7 +71,7 @@ async def all_sent(hub: Hub) -> None:
     remote = await hub.remote()
     assert remote is not None
     async with asyncio.timeout(1):
-        await remote.drained.wait()
+        await remote.flushed()
 
 
 @pytest.fixture

@@ -167,20 +167,19 @@
       entry.tail.appendData(text);
       entry.length += codePoints(text);
       if (fresh) {
-        markTail(entry);
+        markTail(entry, entry.tail.data.slice(0, 3));
       }
       scrollToBottom(false);
     }
   }
 
   // A code block being written looks like one (monospace, on the code
-  // background) until the server sends it highlighted. Only the tail's first
-  // characters are read, and only when a new block starts.
-  function markTail(entry) {
+  // background) until the server sends it highlighted. ``start`` is the tail's
+  // first characters, looked at only when a new block starts.
+  function markTail(entry, start) {
     if (entry.role !== "assistant") {
       return; // a question is shown as typed
     }
-    var start = entry.tail.data.slice(0, 3);
     entry.tailBox.classList.toggle("chat-tail-code", start === "```" || start === "~~~");
   }
 
@@ -193,9 +192,11 @@
       return; // shown already, or after a gap: `done` brings the whole answer
     }
     appendHtml(entry, frame.html);
-    entry.tail.deleteData(0, utf16Length(entry.tail.data, frame.end - frame.index));
+    var tail = entry.tail.data; // read once: it can be a long block being written
+    var cut = utf16Length(tail, frame.end - frame.index);
+    entry.tail.deleteData(0, cut);
     entry.rendered = frame.end;
-    markTail(entry);
+    markTail(entry, tail.slice(cut, cut + 3));
     scrollToBottom(false);
   }
 
@@ -294,7 +295,7 @@
     entry.tailBox.className = "chat-tail";
     entry.tailBox.appendChild(entry.tail);
     body.appendChild(entry.tailBox);
-    markTail(entry);
+    markTail(entry, entry.tail.data.slice(0, 3));
     node.appendChild(versionsNav(message));
     el.messages.appendChild(node);
     if (message.role === "user") {
@@ -352,7 +353,7 @@
     if (result.html) {
       entry.tail.data = "";
       entry.rendered = entry.length;
-      markTail(entry);
+      markTail(entry, "");
     }
     if (result.refusal) {
       appendNote(entry, "chat-refusal", result.refusal);
