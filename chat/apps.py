@@ -9,4 +9,6 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat import checks  # noqa: F401  (registers the system checks)
+        from chat import auth, checks  # noqa: F401  (checks registers the system checks)
+
+        auth.connect_signals()

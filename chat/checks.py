@@ -13,6 +13,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from chat.conf import conf
 
+MIN_FRAME_BYTES = 4096  # room for a part frame's envelope and some text
+MAX_FRAME_BYTES = 1024 * 1024  # daphne's (autobahn's) limit on an outgoing message
+
 
 def _positive_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
@@ -59,10 +62,16 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         "CHAT_FRAMES_PER_SECOND",
         "CHAT_SLOW_CLIENT_TIMEOUT",
         "CHAT_TITLE_TIMEOUT",
+        "CHAT_FIRST_BYTE_TIMEOUT",
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
-    for name in ("CHAT_MAX_RUNNING_ANSWERS", "CHAT_TURNS_PER_MINUTE", "CHAT_SEND_WINDOW"):
+    for name in (
+        "CHAT_MAX_RUNNING_ANSWERS",
+        "CHAT_TURNS_PER_MINUTE",
+        "CHAT_SEND_WINDOW",
+        "CHAT_HISTORIES_PER_MINUTE",
+    ):
         if not _positive_int(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive integer.", id="chat.E012"))
     budget = conf.CHAT_DAILY_TOKEN_BUDGET
@@ -97,6 +106,15 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         errors.append(
             Error(
                 f"CHAT_UPSTREAM_CA_BUNDLE should be a file; {ca_bundle!r} is not.", id="chat.E009"
+            )
+        )
+    frame_bytes = conf.CHAT_MAX_FRAME_BYTES
+    if not _positive_int(frame_bytes) or not MIN_FRAME_BYTES <= frame_bytes <= MAX_FRAME_BYTES:
+        errors.append(
+            Error(
+                f"CHAT_MAX_FRAME_BYTES should be an integer from {MIN_FRAME_BYTES} to "
+                f"{MAX_FRAME_BYTES} (daphne refuses to send messages over 1 MiB).",
+                id="chat.E015",
             )
         )
     if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):

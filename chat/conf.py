@@ -117,6 +117,23 @@ class Settings:
         return getattr(settings, "CHAT_SEND_WINDOW", 1024 * 1024)
 
     @property
+    def CHAT_MAX_FRAME_BYTES(self) -> int:
+        """Largest websocket message the server sends, in UTF-8 bytes; larger frames go in parts.
+
+        daphne refuses to send a message over 1 MiB, and some proxies accept less.
+        """
+        return getattr(settings, "CHAT_MAX_FRAME_BYTES", 256 * 1024)
+
+    @property
+    def CHAT_HISTORIES_PER_MINUTE(self) -> int:
+        """Conversation histories (``watch``, ``switch``) one user may load a minute, per process.
+
+        A history is the most expensive thing a page can ask for; bursts of a
+        quarter of this are allowed (several tabs reconnecting at once).
+        """
+        return getattr(settings, "CHAT_HISTORIES_PER_MINUTE", 60)
+
+    @property
     def CHAT_SLOW_CLIENT_TIMEOUT(self) -> float:
         """Seconds a socket may hold a full send window before it is closed (code 4408)."""
         return getattr(settings, "CHAT_SLOW_CLIENT_TIMEOUT", 30.0)
@@ -144,6 +161,11 @@ class Settings:
     @property
     def CHAT_CONNECT_TIMEOUT(self) -> float:
         return getattr(settings, "CHAT_CONNECT_TIMEOUT", 10.0)
+
+    @property
+    def CHAT_FIRST_BYTE_TIMEOUT(self) -> float:
+        """Seconds the upstream may take to start answering a turn, all retries included."""
+        return getattr(settings, "CHAT_FIRST_BYTE_TIMEOUT", 30.0)
 
     @property
     def CHAT_READ_TIMEOUT(self) -> float:

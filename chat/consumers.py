@@ -19,12 +19,13 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import demo, lifespan, store
+from chat import auth, demo, lifespan, store
+from chat.auth import owner_of
 from chat.conf import conf
-from chat.exceptions import ClientError
+from chat.exceptions import ClientError, ConversationBusy, SessionEnded
 from chat.fanout import Frame, hub
 from chat.generation import Generation, registry, stop_anywhere
-from chat.limits import FrameBucket, SendWindow
+from chat.limits import FrameBucket, SendWindow, histories
 from chat.models import Message, Owner
 from chat.protocol import (
     ClientFrame,
@@ -36,13 +37,16 @@ from chat.protocol import (
     Switch,
     Watch,
     coalesce,
+    conversation_of,
     conversation_payload,
     dumps,
     error_frame,
+    frame_texts,
     message_payload,
     parse_client_frame,
 )
-from chat.rendering import render_markdown, render_prefix
+from chat.rendering import finished_html, render_prefix
+from chat.sweep import interrupt_orphan
 from chat.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
@@ -50,19 +54,11 @@ logger = logging.getLogger(__name__)
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_READING = 4408
 CLOSE_TOO_MANY_FRAMES = 4429
+CLOSE_SERVER_ERROR = 1011
 
 
-def owner_of(scope: dict[str, Any]) -> Owner | None:
-    """Who this socket chats as, or None if it may not chat."""
-    user = scope.get("user")
-    if user is not None and user.is_authenticated:
-        return Owner(user_id=user.pk)
-    if conf.CHAT_ALLOW_ANONYMOUS:
-        session = scope.get("session")
-        key = session.session_key if session is not None else None
-        if key:
-            return Owner(user_id=None, session_key=key)
-    return None
+class SlowReader(Exception):
+    """Raised when the page read nothing for ``CHAT_SLOW_CLIENT_TIMEOUT`` with a full window."""
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -70,6 +66,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     channel_layer_alias = None
     owner: Owner | None = None
     watching: uuid.UUID | None = None
+    #: The conversation this socket may show: set once its owner was checked.
+    #: Frames of any other conversation are dropped, whatever their kind.
+    shown: uuid.UUID | None = None
+    session_key: str | None = None
 
     async def connect(self) -> None:
         lifespan.started()
@@ -81,6 +81,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.outbox: deque[Frame] = deque()
         self.wake = asyncio.Event()
         self.holding = False  # while a history is prepared, frames wait in the outbox
+        self.ending = False  # the session logged out: close once the sender wakes
+        self.flooded = False
         self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
         self.window = SendWindow(conf.CHAT_SEND_WINDOW)
         await self.accept()
@@ -89,9 +91,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.send_frame(error_frame("not_authenticated", "Log in to chat."))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None else None
+        if self.session_key:
+            auth.track(self.session_key, self.end_session)
         self.sender = asyncio.create_task(self.send_loop(), name="chat-socket-sender")
 
     async def disconnect(self, code: int) -> None:
+        if self.session_key:
+            auth.untrack(self.session_key, self.end_session)
         if self.watching is not None:
             if (running := registry.running_in(self.watching)) is not None:
                 running.answer.note("client_disconnected", code=code)
@@ -103,12 +111,25 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await sender
 
     async def send_frame(self, frame: Any) -> None:
-        data = dumps(frame)
-        self.window.sent += len(data)
-        await self.send(text_data=data)
+        """Send a frame, in ``part`` frames if it is over ``CHAT_MAX_FRAME_BYTES``.
+
+        Between the parts of a large frame (a long history) the send window is
+        honoured as between frames: a page that reads nothing is not sent the rest.
+        """
+        texts = frame_texts(frame, limit=conf.CHAT_MAX_FRAME_BYTES)
+        if len(texts) == 1:
+            self.window.sent += len(texts[0])
+            await self.send(text_data=texts[0])
+            return
+        for text in texts:
+            self.window.sent += len(text)
+            await self.send(text_data=text)
+            await self.ping_if_due()
+            if self.window.full and not await self.wait_for_reader():
+                raise SlowReader
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.owner is None:
+        if self.owner is None or self.flooded:
             return
         frame: ClientFrame | ClientError
         try:
@@ -120,24 +141,41 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if isinstance(frame, Pong) and self.window.confirm(frame.nonce):
             return  # the echo of our own ping (one per ping): not a request, not budgeted
         if not self.bucket.take():
-            if self.bucket.abusive:
+            if self.bucket.abusive and not self.flooded:
+                self.flooded = True  # what it sends until it is gone is ignored
+                logger.info("Closing a socket that keeps sending too many frames")
                 await self.close(code=CLOSE_TOO_MANY_FRAMES)
-            else:
+            elif self.bucket.refused == 1:  # once a burst: refusals cost nothing more
                 detail = f"Too many frames: at most {conf.CHAT_FRAMES_PER_SECOND:g} a second."
                 await self.send_frame(error_frame("slow_down", detail))
             return
         try:
             if isinstance(frame, ClientError):
                 raise frame
+            if not await auth.still_logged_in(self.scope, self.owner):
+                raise SessionEnded("Your session ended (logged out): log in again to chat.")
             await self.handle(frame)
         except ClientError as error:
             await self.send_frame(error_frame(error.code, error.detail))
+        except SessionEnded as error:
+            await self.send_frame(error_frame(error.code, error.detail))
+            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+
+    def end_session(self) -> None:
+        """The session logged out (``chat.auth``): the sender tells the page, then closes."""
+        self.ending = True
+        self.wake.set()
 
     async def handle(self, frame: ClientFrame) -> None:
         assert self.owner is not None
-        if isinstance(frame, Watch | Switch) and self.window.full:
-            # A history costs a whole conversation; this socket has not read the last one.
-            raise ClientError("slow_down", "The page has not read what it was sent yet.")
+        if isinstance(frame, Watch | Switch):
+            if self.window.full:
+                # A history costs a whole conversation; this socket has not read the last one.
+                raise ClientError("slow_down", "The page has not read what it was sent yet.")
+            if not histories.take(self.owner.key, conf.CHAT_HISTORIES_PER_MINUTE):
+                raise ClientError(
+                    "slow_down", "Too many conversations opened at once; try again in a moment."
+                )
         if isinstance(frame, Send | Edit | Regenerate):
             await self.start_turn(frame)
         elif isinstance(frame, Switch):
@@ -157,16 +195,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         assert self.owner is not None
         config = self.upstream_config()
         options = {"model": config.model, "system_prompt": conf.CHAT_SYSTEM_PROMPT}
-        if isinstance(frame, Send):
-            turn = await store.start_turn(
-                self.owner, frame.conversation, frame.content, parent_id=frame.parent, **options
-            )
-        elif isinstance(frame, Edit):
-            turn = await store.edit_turn(self.owner, frame.message, frame.content, **options)
-        else:
-            turn = await store.regenerate_turn(self.owner, frame.message, **options)
+        try:
+            turn = await self.store_turn(frame, options)
+        except ConversationBusy as busy:
+            # The answer in the way may have lost its process (killed): if no
+            # process runs it, it is marked interrupted now and the turn goes ahead.
+            if not await self.interrupt_if_orphaned(busy.message_id):
+                raise
+            turn = await self.store_turn(frame, options)
         conversation_id = turn.conversation.id
         await self.watch(conversation_id)
+        self.shown = conversation_id  # the store checked the owner
         if turn.created:
             self.deliver(
                 {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
@@ -194,6 +233,27 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             raise
         registry.start(generation)
 
+    async def store_turn(self, frame: Send | Edit | Regenerate, options: dict[str, Any]) -> Any:
+        assert self.owner is not None
+        if isinstance(frame, Send):
+            return await store.start_turn(
+                self.owner, frame.conversation, frame.content, parent_id=frame.parent, **options
+            )
+        if isinstance(frame, Edit):
+            return await store.edit_turn(self.owner, frame.message, frame.content, **options)
+        return await store.regenerate_turn(self.owner, frame.message, **options)
+
+    async def interrupt_if_orphaned(self, message_id: uuid.UUID) -> bool:
+        """Mark a ``streaming`` answer that no process runs ``interrupted``; True if it was."""
+        message = await store.load_message_anyones(message_id)
+        if message is None or message.status != Message.Statuses.STREAMING:
+            return message is not None  # it ended meanwhile: the turn can go ahead
+        if registry.get(message_id) is not None:
+            return False
+        if await hub.ask(message.conversation_id, {"action": "alive", "message": str(message_id)}):
+            return False
+        return await interrupt_orphan(message_id)
+
     def upstream_config(self) -> UpstreamConfig:
         if not conf.demo_mode:
             return UpstreamConfig.from_settings()
@@ -218,6 +278,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         streaming = message.status == Message.Statuses.STREAMING
         if streaming and await stop_anywhere(message.id, message.conversation_id, "user"):
             return
+        # No process runs it (its process died): it ends now, not at the next sweep.
+        if streaming and await interrupt_orphan(message.id):
+            return
         raise ClientError("not_running", "That answer is not being written any more.")
 
     async def show_conversation(self, conversation_id: uuid.UUID) -> None:
@@ -234,6 +297,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             except ClientError:
                 await self.unwatch(on_disconnect=False)
                 raise
+            self.shown = conversation_id
             if (running := registry.running_in(conversation_id)) is not None:
                 running.answer.note("client_watching")
             messages = transcript.path
@@ -293,12 +357,13 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if self.watching is not None:
             await self.unwatch(on_disconnect=False)
         self.watching = conversation_id
+        self.shown = None  # until its owner is checked
         self.positions.clear()
         self.finished.clear()
         await hub.subscribe(conversation_id, self)
 
     async def unwatch(self, *, on_disconnect: bool) -> None:
-        conversation_id, self.watching = self.watching, None
+        conversation_id, self.watching, self.shown = self.watching, None, None
         if conversation_id is None:
             return
         if await hub.unsubscribe(conversation_id, self) == 0 and on_disconnect:
@@ -310,10 +375,25 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.wake.set()
 
     async def send_loop(self) -> None:
-        """Drain the outbox in order; what piled up meanwhile goes out as fewer frames."""
+        """Drain the outbox; if sending fails, close the socket rather than leave it half-alive."""
+        try:
+            await self.drain()
+        except SlowReader:
+            logger.info("Closing a socket that read nothing for a full send window")
+            await self.close(code=CLOSE_NOT_READING)
+        except Exception:
+            logger.exception("Sending to a chat socket failed; closing it")
+            await self.close(code=CLOSE_SERVER_ERROR)
+
+    async def drain(self) -> None:
+        """Send the outbox in order; what piled up meanwhile goes out as fewer frames."""
         while True:
             await self.wake.wait()
             self.wake.clear()
+            if self.ending:
+                await self.send_frame(error_frame("not_authenticated", "You logged out."))
+                await self.close(code=CLOSE_NOT_AUTHENTICATED)
+                return
             while self.outbox and not self.holding:
                 frames = list(self.outbox)
                 self.outbox.clear()
@@ -321,9 +401,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                     await self.forward(frame)
                 await self.ping_if_due()
                 if self.window.full and not await self.wait_for_reader():
-                    logger.info("Closing a socket that read nothing for a full send window")
-                    await self.close(code=CLOSE_NOT_READING)
-                    return
+                    raise SlowReader
 
     async def ping_if_due(self) -> None:
         nonce = self.window.ping()
@@ -348,6 +426,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def forward(self, frame: Frame) -> None:
         """Send one frame if it is ours to show, trimmed to what this socket lacks."""
         kind = frame["type"]
+        conversation = conversation_of(frame)
+        if conversation is not None and conversation != str(self.shown):
+            return  # of a conversation this socket does not show (or not yet: unchecked)
         if kind == "delta" or kind == "reasoning":
             key = frame["message"] if kind == "delta" else frame["message"] + ":r"
             have = self.positions.get(key)
@@ -373,14 +454,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self.positions[key] = frame["end"]
         elif kind == "message":
             message = frame["message"]
-            if message["conversation"] != str(self.watching):
-                return
             if message["status"] == "streaming":
                 for key in _keys(message["id"]):
                     self.positions.setdefault(key, 0)
         elif kind == "done":
             mid = frame["message"]
-            if frame["conversation"] != str(self.watching) or mid in self.finished:
+            if mid in self.finished:
                 return
             if mid in self.positions and self.positions[mid] < frame["length"]:
                 await self.resync(mid, self.positions[mid])
@@ -423,6 +502,6 @@ async def _render_all(messages: list[Message]) -> list[tuple[str, int]]:
             return "", 0
         if message.status == Message.Statuses.STREAMING:
             return render_prefix(message.content)
-        return render_markdown(message.content), len(message.content)
+        return finished_html.render(message.id, message.content), len(message.content)
 
     return await sync_to_async(lambda: [render(m) for m in messages], thread_sensitive=False)()

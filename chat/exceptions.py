@@ -6,6 +6,8 @@ contains the API key (``redact`` removes it from anything the upstream echoes).
 
 from __future__ import annotations
 
+import uuid
+
 
 class ChatError(Exception):
     """Base class of every error the chat app raises on purpose."""
@@ -23,6 +25,24 @@ class ClientError(ChatError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
+
+
+class ConversationBusy(ClientError):
+    """Raised when a turn is asked in a conversation whose answer ``message_id`` still streams."""
+
+    def __init__(self, message_id: uuid.UUID) -> None:
+        super().__init__(
+            "busy",
+            "An answer is still being written in this conversation: "
+            "stop it or wait for it to finish.",
+        )
+        self.message_id = message_id
+
+
+class SessionEnded(ChatError):
+    """Raised when the socket's session logged out, or its user's password changed."""
+
+    code = "not_authenticated"
 
 
 class UpstreamError(ChatError):

@@ -22,7 +22,14 @@ from chat import store
 from chat.conf import conf
 from chat.exceptions import UpstreamError
 from chat.fanout import Frame, hub
-from chat.protocol import DeltaFrame, DoneFrame, ErrorInfo, FinalStatus, HtmlFrame, ReasoningFrame
+from chat.protocol import (
+    DeltaFrame,
+    ErrorInfo,
+    FinalStatus,
+    HtmlFrame,
+    ReasoningFrame,
+    done_frame,
+)
 from chat.rendering import BlockSplitter, render_block, render_markdown
 from chat.titles import give_title
 from chat.upstream import Answer, UpstreamConfig, stream_answer
@@ -271,23 +278,17 @@ class Generation:
             # Watchers must still learn how the answer ended; the row stays
             # ``streaming`` and is swept as interrupted later.
             logger.exception("Could not save the end of message %s", self.message_id)
-        done: DoneFrame = {
-            "type": "done",
-            "message": self._id,
-            "conversation": str(self.conversation_id),
-            "status": status,
-            "length": self.length,
-            "finish_reason": answer.finish_reason,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-                "estimated": usage.estimated,
-            },
-            "error": error_info,
-            "html": await self._rendered_html(),
-            "refusal": answer.refusal,
-        }
+        done = done_frame(
+            self.message_id,
+            self.conversation_id,
+            length=self.length,
+            status=status,
+            usage=usage.info(),
+            error=error_info,
+            html=await self._rendered_html(),
+            finish_reason=answer.finish_reason,
+            refusal=answer.refusal,
+        )
         await self.publish(done)
 
     async def _save(
@@ -421,6 +422,8 @@ class Registry:
             return {"stopped": True}
         if body.get("action") == "snapshot":
             return {"text": generation.text, "reasoning": generation.reasoning}
+        if body.get("action") == "alive":
+            return {"alive": True}
         return None
 
     def running_in(self, conversation_id: uuid.UUID) -> Generation | None:

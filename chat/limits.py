@@ -9,34 +9,78 @@ from collections import deque
 
 
 class FrameBucket:
-    """Allows ``rate`` frames a second on average and bursts of ``2 * rate``.
+    """Allows ``rate`` frames a second on average and bursts of ``burst`` (twice ``rate``).
 
     Each frame a client sends costs the server work (some a database query), so
     a socket that floods is answered ``slow_down`` and, if it goes on, closed.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, *, burst: float | None = None) -> None:
         self.rate = rate
-        self.capacity = 2 * rate
+        self.capacity = 2 * rate if burst is None else burst
         self.tokens = self.capacity
         self.stamp = time.monotonic()
         self.refused = 0  # frames refused since the last one allowed
+        # Refused frames, forgiven at ``rate`` a second: a client that keeps
+        # sending faster than it is allowed piles these up even though a frame
+        # now and then gets through (which resets ``refused``).
+        self.excess = 0.0
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        elapsed = now - self.stamp
         self.stamp = now
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        self.excess = max(0.0, self.excess - elapsed * self.rate)
         if self.tokens >= 1:
             self.tokens -= 1
             self.refused = 0
             return True
         self.refused += 1
+        self.excess += 1
         return False
 
     @property
+    def full(self) -> bool:
+        """Nothing spent that is not refilled by now: the bucket can be forgotten."""
+        elapsed = time.monotonic() - self.stamp
+        refilled = self.tokens + elapsed * self.rate >= self.capacity
+        return refilled and self.excess <= elapsed * self.rate
+
+    @property
     def abusive(self) -> bool:
-        """Refused a whole burst's worth in a row: the client is not listening."""
-        return self.refused > self.capacity
+        """A whole burst's worth refused beyond what was forgiven: the client is flooding.
+
+        At twice the allowed rate that takes about ``capacity / rate`` (2) seconds;
+        at 20 times, a tenth of that.
+        """
+        return self.excess > self.capacity
+
+
+class HistoryBudget:
+    """Histories one user may load in this process, however many sockets they open.
+
+    A history is the costliest request a page makes (the whole active path,
+    read, rendered and sent): one bucket per user, shared by their sockets,
+    keeps one user from taking the process from everyone else.
+    """
+
+    FORGET_AFTER = 10_000  # buckets kept before idle ones are dropped
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, FrameBucket] = {}
+
+    def take(self, owner_key: str, per_minute: int) -> bool:
+        bucket = self._buckets.get(owner_key)
+        rate = per_minute / 60
+        if bucket is None or bucket.rate != rate:
+            if len(self._buckets) >= self.FORGET_AFTER:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full}
+            bucket = self._buckets[owner_key] = FrameBucket(rate, burst=max(1, per_minute / 4))
+        return bucket.take()
+
+
+histories = HistoryBudget()
 
 
 class SendWindow:

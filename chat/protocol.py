@@ -205,12 +205,78 @@ class ErrorFrame(TypedDict):
     detail: str
 
 
+class PartFrame(TypedDict):
+    """A slice of a frame too large to send whole (see ``frame_texts``)."""
+
+    type: Literal["part"]
+    last: bool
+    data: str
+
+
 def error_frame(code: str, detail: str) -> ErrorFrame:
     return {"type": "error", "code": code, "detail": detail}
 
 
+def done_frame(
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    length: int,
+    status: FinalStatus,
+    usage: UsageInfo,
+    error: ErrorInfo | None,
+    html: str,
+    finish_reason: str | None = None,
+    refusal: str = "",
+) -> DoneFrame:
+    """How an answer ended: the one constructor, for a generation and for the sweep alike."""
+    return {
+        "type": "done",
+        "message": str(message_id),
+        "conversation": str(conversation_id),
+        "status": status,
+        "length": length,
+        "finish_reason": finish_reason,
+        "usage": usage,
+        "error": error,
+        "html": html,
+        "refusal": refusal,
+    }
+
+
 def dumps(frame: Any) -> str:
     return orjson.dumps(frame).decode()
+
+
+#: Bytes a part frame adds around its slice: ``{"type":"part","last":false,"data":""}``.
+PART_ENVELOPE = 64
+
+
+def frame_texts(frame: Any, *, limit: int) -> list[str]:
+    """The websocket messages that carry ``frame``: itself, or ``part`` frames if too large.
+
+    No message is longer than ``limit`` UTF-8 bytes (servers and proxies cap
+    message sizes; daphne refuses over 1 MiB). A large frame's JSON text is cut
+    at character boundaries into slices that the page joins, in order, up to the
+    part with ``last: true``, and then parses as one frame. Re-encoding a slice
+    as a JSON string at most doubles it (only ``"`` and ``\\`` are escaped
+    again; orjson writes no raw control characters), so each slice takes at
+    most half the room.
+    """
+    raw = orjson.dumps(frame)
+    if len(raw) <= limit:
+        return [raw.decode()]
+    room = (limit - PART_ENVELOPE) // 2
+    texts = []
+    start = 0
+    while start < len(raw):
+        end = min(start + room, len(raw))
+        while end < len(raw) and raw[end] & 0xC0 == 0x80:
+            end -= 1  # not inside a UTF-8 sequence
+        part: PartFrame = {"type": "part", "last": end == len(raw), "data": raw[start:end].decode()}
+        texts.append(orjson.dumps(part).decode())
+        start = end
+    return texts
 
 
 def conversation_payload(conversation: Conversation) -> dict[str, Any]:
@@ -258,6 +324,27 @@ def message_payload(
         "html": html,
         "rendered": rendered,
     }
+
+
+_BY_POSITION = frozenset(("delta", "reasoning", "html"))
+
+
+def conversation_of(frame: Mapping[str, Any]) -> str | None:
+    """The id of the conversation a server frame belongs to.
+
+    None for the frames of an answer's text (``delta``, ``reasoning``,
+    ``html``): those name only their message, and a socket takes them only for
+    answers it was shown, by position. Every other frame names its conversation.
+    """
+    kind = frame["type"]
+    if kind in _BY_POSITION:
+        return None
+    if kind == "message":
+        return str(frame["message"]["conversation"])
+    conversation = frame.get("conversation")
+    if isinstance(conversation, Mapping):
+        return str(conversation["id"])  # history, conversation
+    return None if conversation is None else str(conversation)
 
 
 def coalesce(frames: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -16,6 +16,9 @@ then keeps only an allow-list of tags, attributes and URL schemes, so a
 from __future__ import annotations
 
 import re
+import threading
+import uuid
+from collections import OrderedDict
 from functools import lru_cache
 
 import nh3
@@ -106,6 +109,45 @@ def render_markdown(text: str) -> str:
     blocks = splitter.feed(text)
     blocks.append(splitter.rest())
     return "".join(render_block(block) for block in blocks if block)
+
+
+class FinishedHtml:
+    """The HTML of finished answers, by id, least recently used dropped past ``max_chars``.
+
+    A finished answer's text never changes, so its HTML is rendered once per
+    process: a history (``watch``, ``switch``, a reload) of long code answers
+    would otherwise cost Pygments seconds each time it is asked for. Histories
+    are rendered in worker threads, hence the lock.
+    """
+
+    def __init__(self, max_chars: int = 32 * 1024 * 1024) -> None:
+        self.max_chars = max_chars
+        self._html: OrderedDict[uuid.UUID, tuple[int, str]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def render(self, message_id: uuid.UUID, text: str) -> str:
+        key = message_id
+        with self._lock:
+            cached = self._html.get(key)
+            if cached is not None and cached[0] == len(text):
+                self._html.move_to_end(key)
+                return cached[1]
+        html = render_markdown(text)
+        with self._lock:
+            previous = self._html.pop(key, None)
+            if previous is not None:
+                self._chars -= len(previous[1])
+            if len(html) <= self.max_chars:
+                self._html[key] = (len(text), html)
+                self._chars += len(html)
+            while self._chars > self.max_chars:
+                _, (_, dropped) = self._html.popitem(last=False)
+                self._chars -= len(dropped)
+        return html
+
+
+finished_html = FinishedHtml()
 
 
 def render_prefix(text: str) -> tuple[str, int]:

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from chat.conf import conf
-from chat.exceptions import ClientError
+from chat.exceptions import ClientError, ConversationBusy
 from chat.models import (
     Conversation,
     DailyUsage,
@@ -173,12 +173,9 @@ def _lock_idle(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, 
     if conversation is None:
         raise _not_found()
     messages = list(conversation.messages.all())
-    if any(m.status == Message.Statuses.STREAMING for m in messages):
-        raise ClientError(
-            "busy",
-            "An answer is still being written in this conversation: "
-            "stop it or wait for it to finish.",
-        )
+    running = next((m for m in messages if m.status == Message.Statuses.STREAMING), None)
+    if running is not None:
+        raise ConversationBusy(running.id)
     return conversation, messages
 
 
@@ -353,32 +350,46 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
 
 
 @in_db_thread
-def interrupt_orphans(*, older_than: float, running: list[uuid.UUID], detail: str) -> list[Message]:
-    """Mark ``streaming`` answers untouched for ``older_than`` seconds as ``interrupted``."""
+def interrupt_orphans(
+    *,
+    older_than: float,
+    running: list[uuid.UUID],
+    detail: str,
+    message_id: uuid.UUID | None = None,
+) -> list[Message]:
+    """Mark ``streaming`` answers untouched for ``older_than`` seconds as ``interrupted``.
+
+    With ``message_id``, only that answer, however recently it was touched: no
+    process claimed it (a ``stop``, or a turn refused as ``busy``, found it orphaned).
+    """
     cutoff = timezone.now() - timedelta(seconds=older_than)
+    streaming = Message.objects.select_for_update().filter(status=Message.Statuses.STREAMING)
+    if message_id is None:
+        streaming = streaming.filter(updated_at__lt=cutoff)
+    else:
+        streaming = streaming.filter(pk=message_id)
     with transaction.atomic():
-        orphans = list(
-            Message.objects.select_for_update()
-            .filter(status=Message.Statuses.STREAMING, updated_at__lt=cutoff)
-            .exclude(pk__in=running)
-        )
+        orphans = list(streaming.exclude(pk__in=running))
         for orphan in orphans:
             # No usage chunk ever came: estimate it from the text saved and the context.
             conversation = Conversation.objects.get(pk=orphan.conversation_id)
             earlier = list(conversation.messages.all())
             history = _history(active_path(earlier, orphan.parent_id), "")
             usage = Usage.of((None, None), history, orphan.content)
-            Message.objects.filter(pk=orphan.pk).update(
-                status=Message.Statuses.INTERRUPTED,
-                error_code="interrupted",
-                error_detail=detail,
-                updated_at=timezone.now(),
+            fields = {
+                "status": Message.Statuses.INTERRUPTED,
+                "error_code": "interrupted",
+                "error_detail": detail,
+                "updated_at": timezone.now(),
                 **_usage_fields(usage),
                 # Its process kept the rest of the timeline in memory, and is gone.
-                timeline=[
+                "timeline": [
                     {"at": timezone.now().isoformat(), "event": "interrupted", "detail": detail}
                 ],
-            )
+            }
+            Message.objects.filter(pk=orphan.pk).update(**fields)
+            for name, value in fields.items():
+                setattr(orphan, name, value)  # as the watchers' ``done`` tells it
             owner = Owner(user_id=conversation.owner_id, session_key=conversation.session_key)
             record_usage(owner.key, usage, answers=1)
     return orphans
@@ -424,6 +435,12 @@ def load_conversation(owner: Owner, conversation_id: uuid.UUID) -> Transcript:
 def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
     """``owner``'s message with this id, or None (also when it is someone else's)."""
     return Message.objects.owned_by(owner).filter(pk=message_id).first()
+
+
+@in_db_thread
+def load_message_anyones(message_id: uuid.UUID) -> Message | None:
+    """The message with this id whoever owns it (for the server's own checks, never shown)."""
+    return Message.objects.filter(pk=message_id).first()
 
 
 def _usage_fields(usage: Usage) -> dict[str, Any]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from chat import store
 from chat.conf import conf
 from chat.fanout import hub
 from chat.generation import registry, render
+from chat.models import Message
+from chat.protocol import DoneFrame, done_frame
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +27,59 @@ INTERRUPTED_DETAIL = (
 )
 
 
+def interrupted_frame(message: Message, html: str) -> DoneFrame:
+    """The ``done`` of an answer whose process is gone, with the usage the sweep estimated."""
+    return done_frame(
+        message.id,
+        message.conversation_id,
+        length=len(message.content),
+        status="interrupted",
+        usage={
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "total_tokens": message.total_tokens,
+            "estimated": message.usage_estimated,
+        },
+        error={"code": "interrupted", "detail": INTERRUPTED_DETAIL},
+        html=html,
+    )
+
+
 async def sweep_once() -> int:
     """Mark orphaned answers ``interrupted`` now; return how many there were."""
-
     orphans = await store.interrupt_orphans(
         older_than=conf.CHAT_ORPHAN_AFTER,
         running=list(registry.running_ids()),
         detail=INTERRUPTED_DETAIL,
     )
-    for message in orphans:
-        html = await render(message.content)
-        await hub.publish(
-            message.conversation_id,
-            {
-                "type": "done",
-                "message": str(message.id),
-                "conversation": str(message.conversation_id),
-                "status": "interrupted",
-                "length": len(message.content),
-                "finish_reason": None,
-                "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
-                "error": {"code": "interrupted", "detail": INTERRUPTED_DETAIL},
-                "html": html,
-                "refusal": "",
-            },
-        )
+    await _announce(orphans)
     if orphans:
         logger.warning("Marked %d orphaned answer(s) as interrupted", len(orphans))
     return len(orphans)
+
+
+async def interrupt_orphan(message_id: uuid.UUID) -> bool:
+    """Mark one answer that no process claims ``interrupted`` at once; False if it ended.
+
+    The caller asked every process first (``stop_anywhere``): a user who finds
+    an answer orphaned is never left waiting for the periodic sweep.
+    """
+    orphans = await store.interrupt_orphans(
+        older_than=0,
+        running=list(registry.running_ids()),
+        detail=INTERRUPTED_DETAIL,
+        message_id=message_id,
+    )
+    await _announce(orphans)
+    if orphans:
+        logger.warning("Marked orphaned answer %s as interrupted on request", message_id)
+    return bool(orphans)
+
+
+async def _announce(orphans: list[Message]) -> None:
+    for message in orphans:
+        html = await render(message.content)
+        await hub.publish(message.conversation_id, interrupted_frame(message, html))
 
 
 class Sweeper:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chat.protocol import UsageInfo
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # the role and separators each message costs in the prompt
@@ -38,6 +42,15 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def info(self) -> UsageInfo:
+        """As ``done`` frames carry it."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "estimated": self.estimated,
+        }
 
     @classmethod
     def of(

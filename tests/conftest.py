@@ -40,6 +40,9 @@ class ChatClient:
     def __init__(self, communicator: WebsocketCommunicator) -> None:
         self.communicator = communicator
         self.frames: list[dict[str, Any]] = []
+        #: The longest websocket message received, in UTF-8 bytes.
+        self.largest = 0
+        self.parts: list[str] = []
 
     async def send(self, content: str, conversation: str | None = None) -> None:
         await self.send_json({"type": "send", "conversation": conversation, "content": content})
@@ -62,7 +65,21 @@ class ChatClient:
             await self.send_json({"type": "pong", "nonce": frame["nonce"]})
 
     async def receive_raw(self, timeout: float = 5.0) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await self.communicator.receive_from(timeout=timeout))
+        """The next frame, joined from its ``part`` frames if it came in parts.
+
+        Other frames (a ``ping``) may come between the parts of a large one.
+        """
+        while True:
+            text = await self.communicator.receive_from(timeout=timeout)
+            self.largest = max(self.largest, len(text.encode()))
+            frame: dict[str, Any] = json.loads(text)
+            if frame["type"] != "part":
+                break
+            self.parts.append(frame["data"])
+            if frame["last"]:
+                frame = json.loads("".join(self.parts))
+                self.parts.clear()
+                break
         self.frames.append(frame)
         return frame
 
@@ -152,7 +169,7 @@ async def connect(fake_upstream: FakeUpstream) -> AsyncIterator[Connect]:
     async def _connect(
         user: Any = None, *, origin: bytes = ORIGIN, expect_accept: bool = True
     ) -> ChatClient:
-        headers = [(b"origin", origin)]
+        headers = [(b"origin", origin), (b"host", b"localhost")]
         if user is not None:
             headers.append((b"cookie", await session_cookie(user)))
         communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -73,13 +75,34 @@ async def test_a_socket_that_floods_is_slowed_down_then_closed(
     unknown = {"type": "watch", "conversation": "00000000-0000-0000-0000-000000000000"}
     for _ in range(40):
         await chat.send_json(unknown)
-    codes = [(await chat.receive())["code"] for _ in range(20)]
+    codes = [(await chat.receive())["code"] for _ in range(11)]
     assert codes[:10] == ["not_found"] * 10  # the burst is served
-    assert codes[10:] == ["slow_down"] * 10  # then the socket is told to slow down
+    assert codes[10:] == ["slow_down"]  # then the socket is told to slow down, once
     assert await chat.communicator.receive_output(timeout=2) == {
         "type": "websocket.close",
         "code": 4429,
     }  # and a socket that does not listen is closed
+
+
+async def test_a_flood_is_closed_even_when_some_frames_get_through(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    """The red team's case: ~440 frames a second, each refill let one through, never closed."""
+    settings.CHAT_FRAMES_PER_SECOND = 20
+    chat = await connect(user)
+    pong = {"type": "pong", "nonce": "not-a-ping-of-ours"}
+    started = time.monotonic()
+    outputs: list[dict[str, Any]] = []
+    while time.monotonic() - started < 5 and {"type": "websocket.close", "code": 4429} not in outputs:
+        for _ in range(22):  # ~440 a second in 50 ms steps: a token refills in between
+            await chat.send_json(pong)
+        await asyncio.sleep(0.05)  # the flood's pace, not a wait for an event
+        while not await chat.communicator.receive_nothing(timeout=0):
+            outputs.append(await chat.communicator.receive_output(timeout=1))
+    assert {"type": "websocket.close", "code": 4429} in outputs
+    assert time.monotonic() - started < 3
+    refusals = [o for o in outputs if o["type"] == "websocket.send" and "slow_down" in o["text"]]
+    assert len(refusals) < 10  # told to slow down once a burst, not once a frame
 
 
 def test_the_production_settings_pass_the_deploy_checks() -> None:

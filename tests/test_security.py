@@ -41,7 +41,11 @@ async def test_an_anonymous_session_cannot_chat_unless_anonymous_chat_is_on(
     communicator = WebsocketCommunicator(
         application,
         "/ws/chat/",
-        headers=[(b"origin", ORIGIN), (b"cookie", f"sessionid={session.session_key}".encode())],
+        headers=[
+            (b"origin", ORIGIN),
+            (b"host", b"localhost"),
+            (b"cookie", f"sessionid={session.session_key}".encode()),
+        ],
     )
     assert (await communicator.connect())[0]
     try:
@@ -65,7 +69,11 @@ async def test_anonymous_chat_is_an_explicit_opt_in(
     communicator = WebsocketCommunicator(
         application,
         "/ws/chat/",
-        headers=[(b"origin", ORIGIN), (b"cookie", f"sessionid={session.session_key}".encode())],
+        headers=[
+            (b"origin", ORIGIN),
+            (b"host", b"localhost"),
+            (b"cookie", f"sessionid={session.session_key}".encode()),
+        ],
     )
     connected, _ = await communicator.connect()
     assert connected

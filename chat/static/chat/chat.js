@@ -59,6 +59,7 @@
 
   function onClose(event) {
     socket = null;
+    parts = [];
     document.body.dataset.connected = "false";
     setStreaming(null);
     if (event.code === 4401) {
@@ -93,11 +94,22 @@
     title: onTitle,
   };
 
+  var parts = []; // slices of a frame too large to send whole, until its last part
+
   function onFrame(event) {
     var frame;
     try {
       frame = JSON.parse(event.data);
+      if (frame.type === "part") {
+        parts.push(frame.data);
+        if (!frame.last) {
+          return;
+        }
+        frame = JSON.parse(parts.join(""));
+        parts = [];
+      }
     } catch (e) {
+      parts = [];
       return;
     }
     var handler = Object.prototype.hasOwnProperty.call(handlers, frame.type) && handlers[frame.type];
