@@ -1,12 +1,15 @@
 """One class per failure, each with the stable ``code`` sent to the browser and stored.
 
 Upstream errors carry a ``detail`` written for the person chatting; it never
-contains the API key (``redact`` removes it from anything the upstream echoes).
+contains the API key (``chat.text.redact`` removes it from anything the upstream echoes).
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Self
+
+from chat.text import redact, storable
 
 
 class ChatError(Exception):
@@ -17,6 +20,12 @@ class ChatError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def redacted(self, secrets: tuple[str, ...]) -> Self:
+        """This error with every piece of ``secrets`` taken out of its detail (``chat.text``)."""
+        self.detail = storable(redact(self.detail, secrets))
+        self.args = (self.detail,)
+        return self
 
 
 class ClientError(ChatError):
@@ -43,6 +52,12 @@ class SessionEnded(ChatError):
     """Raised when the socket's session logged out, or its user's password changed."""
 
     code = "not_authenticated"
+
+
+class ServerError(ChatError):
+    """Raised for a bug on our side while an answer ran: the user gets this, the log the cause."""
+
+    code = "server_error"
 
 
 class UpstreamError(ChatError):
@@ -124,10 +139,3 @@ class UpstreamProtocolError(UpstreamError):
     """Raised when the upstream sends something that is not an OpenAI chunk stream."""
 
     code = "upstream_garbage"
-
-
-def redact(text: str, secret: str) -> str:
-    """Return ``text`` without ``secret``: upstream error bodies may echo the key."""
-    if secret and secret in text:
-        text = text.replace(secret, "[redacted]")
-    return text

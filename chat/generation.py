@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from asgiref.sync import sync_to_async
 
 from chat import store
 from chat.conf import conf
-from chat.exceptions import UpstreamError
+from chat.exceptions import ChatError, ServerError, UpstreamError
 from chat.fanout import Frame, hub
 from chat.protocol import (
     DeltaFrame,
@@ -31,6 +32,7 @@ from chat.protocol import (
     done_frame,
 )
 from chat.rendering import BlockSplitter, render_block, render_markdown
+from chat.text import redact
 from chat.titles import give_title
 from chat.upstream import Answer, UpstreamConfig, stream_answer
 from chat.usage import Usage, estimate_prompt, estimate_tokens_of_length
@@ -132,7 +134,7 @@ class Generation:
             return
         self._pump = asyncio.create_task(self._stream())
         status: FinalStatus = "complete"
-        error: UpstreamError | None = None
+        error: ChatError | None = None
         try:
             await self._pump
         except asyncio.CancelledError:
@@ -146,8 +148,20 @@ class Generation:
         except UpstreamError as exc:
             status, error = "failed", exc
         except Exception as exc:
-            logger.exception("Generation of message %s crashed", self.message_id)
-            status, error = "failed", UpstreamError(f"The answer failed unexpectedly ({exc!r}).")
+            # The exception may say anything (an upstream's text, a path): the log
+            # only, and even there without the secrets.
+            trace = "".join(traceback.format_exception(exc))
+            logger.error(
+                "Generation of message %s crashed:\n%s",
+                self.message_id,
+                redact(trace, self.config.secrets),
+            )
+            status, error = (
+                "failed",
+                ServerError(
+                    "The answer failed because of an error on the server; the text so far is kept."
+                ),
+            )
         if status != "complete":
             self.answer.note("upstream_closed")
         await self._finish(status, error)
@@ -245,8 +259,9 @@ class Generation:
     async def publish(self, frame: Frame, *, remote: bool = True) -> None:
         await hub.publish(self.conversation_id, frame, remote=remote)
 
-    async def _finish(self, status: FinalStatus, error: UpstreamError | None) -> None:
+    async def _finish(self, status: FinalStatus, error: ChatError | None) -> None:
         ended = time.monotonic()
+        self.answer.scrub(self.config.secrets)
         error_info: ErrorInfo | None = (
             {"code": error.code, "detail": error.detail} if error is not None else None
         )

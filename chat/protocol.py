@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 import orjson
 
 from chat.exceptions import ClientError
+from chat.text import storable
 
 if TYPE_CHECKING:
     from chat.models import Conversation, Message
@@ -130,7 +131,7 @@ def _content(data: dict[str, Any], max_chars: int) -> str:
             "content_too_long",
             f"The message is {len(content)} characters long; the limit is {max_chars}.",
         )
-    return content
+    return storable(content)  # shown back to the page as stored
 
 
 def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:

@@ -7,6 +7,7 @@ costs one thread hop to set up, one per checkpoint, and one to finish.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -29,6 +30,8 @@ from chat.models import (
     last_shown_leaf_under,
 )
 from chat.usage import Usage
+
+logger = logging.getLogger(__name__)
 
 TITLE_WORDS = 8
 
@@ -345,8 +348,19 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
         (text, reasoning, now, id_field.get_db_prep_value(mid, connection), "streaming")
         for mid, text, reasoning in rows
     ]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+    except DatabaseError:
+        # One row the database refuses must not cost every other answer its
+        # checkpoint (nor this one its later ones): each row alone, then.
+        logger.warning("A batch of %d checkpoints failed; saving them one by one", len(rows))
+        for row in params:
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(sql, row)
+            except DatabaseError:
+                logger.exception("Could not checkpoint message %s", row[3])
 
 
 @in_db_thread

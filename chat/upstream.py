@@ -38,9 +38,9 @@ from chat.exceptions import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
-    redact,
 )
 from chat.sse import SSEDecoder, SSEError
+from chat.text import redact, redact_all, storable
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class UpstreamConfig:
     api_key: str
     model: str
     connect_timeout: float = 10.0
+    first_byte_timeout: float = 30.0
     read_timeout: float = 60.0
     max_retries: int = 2
     retry_backoff: float = 0.5
@@ -62,6 +63,11 @@ class UpstreamConfig:
     max_event_size: int = 4 * 1024 * 1024
     headers: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What upstream text must never carry to a user, a log or the database."""
+        return (self.api_key, *self.headers.values())
 
     @classmethod
     def from_settings(cls, *, base_url: str | None = None) -> UpstreamConfig:
@@ -71,6 +77,7 @@ class UpstreamConfig:
             api_key=conf.OPENAI_API_KEY,
             model=conf.CHAT_MODEL,
             connect_timeout=conf.CHAT_CONNECT_TIMEOUT,
+            first_byte_timeout=conf.CHAT_FIRST_BYTE_TIMEOUT,
             read_timeout=conf.CHAT_READ_TIMEOUT,
             max_retries=conf.CHAT_MAX_RETRIES,
             retry_backoff=conf.CHAT_RETRY_BACKOFF,
@@ -99,6 +106,15 @@ class Answer:
 
     def note(self, event: str, **details: Any) -> None:
         self.events.append((timezone.now(), event, details))
+
+    def scrub(self, secrets: tuple[str, ...]) -> None:
+        """Redact what the upstream said besides the text (``chat.text``), before it is kept."""
+        self.model = redact_all(self.model, secrets)
+        self.finish_reason = redact_all(self.finish_reason, secrets)
+        self.refusal = redact_all(self.refusal, secrets)
+        self.request_id = redact_all(self.request_id, secrets)
+        self.tool_calls = redact_all(self.tool_calls, secrets)
+        self.events = [(at, name, redact_all(said, secrets)) for at, name, said in self.events]
 
     def apply(self, payload: object) -> tuple[str, str]:
         """Interpret one ``chat.completion.chunk``; return the (content, reasoning) it adds."""
@@ -237,6 +253,17 @@ async def stream_answer(
     Closing this generator (or cancelling its consumer) closes the upstream
     response, and with it the connection: the upstream stops generating.
     """
+    try:
+        async for item in _stream(config, messages, answer):
+            yield item
+    except UpstreamError as error:
+        # Whatever the upstream said, redacted before anyone sees it.
+        raise error.redacted(config.secrets) from error.__cause__
+
+
+async def _stream(
+    config: UpstreamConfig, messages: Sequence[Mapping[str, str]], answer: Answer
+) -> AsyncIterator[tuple[str, str]]:
     client = get_client()
     headers = _headers(config, accept="text/event-stream")
     # Compressing a token stream only delays it (a compressor buffers): ask for none.
@@ -255,15 +282,24 @@ async def stream_answer(
         headers=headers,
         timeout=timeout,
     )
+    # One deadline for the response to start, however many tries it takes:
+    # an upstream that never answers fails the turn after it, not after
+    # ``max_retries + 1`` read timeouts.
+    deadline = asyncio.get_running_loop().time() + config.first_byte_timeout
     attempt = 0
     while True:
         answer.note("request_sent", attempt=attempt + 1, url=request.url.path)
         try:
-            response = await _open(client, request, config)
+            async with asyncio.timeout_at(deadline):
+                response = await _open(client, request, config)
             break
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The model server did not start answering within {config.first_byte_timeout:g} s."
+            ) from None
         except UpstreamError as error:
             delay = _retry_delay(error, attempt, config)
-            if delay is None:
+            if delay is None or asyncio.get_running_loop().time() + delay >= deadline:
                 raise
             attempt += 1
             answer.note("retry", after=error.code, delay=round(delay, 3))
@@ -304,6 +340,16 @@ async def complete(
 
     Not retried: its callers can do without the answer. The caller bounds the time.
     """
+    try:
+        text, reported = await _complete(config, messages, max_tokens=max_tokens)
+    except UpstreamError as error:
+        raise error.redacted(config.secrets) from error.__cause__
+    return storable(redact(text, config.secrets)), reported
+
+
+async def _complete(
+    config: UpstreamConfig, messages: Sequence[Mapping[str, str]], *, max_tokens: int
+) -> tuple[str, tuple[int | None, int | None]]:
     headers = _headers(config, accept="application/json")
     body = {"model": config.model, "messages": list(messages), "max_tokens": max_tokens}
     client = get_client()
@@ -389,8 +435,9 @@ async def _status_error(response: httpx.Response, config: UpstreamConfig) -> Ups
     except httpx.HTTPError as exc:
         # The status alone is enough to report; a broken error body adds nothing.
         logger.debug("Could not read the upstream's HTTP %s error body: %r", status, exc)
-    said = _describe_body(body[:ERROR_BODY_LIMIT], response.headers.get("content-type", ""))
-    said = redact(said, config.api_key)
+    # Redacted whole, before any part of it is cut out to be shown.
+    text = redact(body[:ERROR_BODY_LIMIT].decode("utf-8", "replace"), config.secrets)
+    said = _describe_body(text, response.headers.get("content-type", ""))
     suffix = f" It said: {said}" if said else ""
     if status in (401, 403):
         return UpstreamAuthError(
@@ -417,18 +464,18 @@ async def _status_error(response: httpx.Response, config: UpstreamConfig) -> Ups
     )
 
 
-def _describe_body(body: bytes, content_type: str) -> str:
+def _describe_body(body: str, content_type: str) -> str:
     if not body:
         return ""
-    if "html" in content_type or body.lstrip()[:1] == b"<":
+    if "html" in content_type or body.lstrip()[:1] == "<":
         return "an HTML error page."
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace").strip()
+        return body[:300].strip()
     if isinstance(parsed, dict) and parsed.get("error"):
         return _error_message(parsed["error"])[:500]
-    return body[:300].decode("utf-8", "replace").strip()
+    return body[:300].strip()
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -495,7 +542,8 @@ async def _read_events(
                 if thought:
                     reasoning.append(thought)
             if content or reasoning:
-                yield "".join(content), "".join(reasoning)
+                # Per read, not per event: a NUL is rare, and looking for one is one C scan.
+                yield storable("".join(content)), storable("".join(reasoning))
             if failure is not None:
                 raise failure
             if answer.done:

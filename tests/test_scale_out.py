@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -84,8 +85,17 @@ def checkpoint_interval() -> str:
 
 
 @pytest.fixture
+def orphan_after() -> str:
+    return "2"
+
+
+@pytest.fixture
 async def cluster(
-    tmp_path: Path, database: str, upstream: FakeUpstream, checkpoint_interval: str
+    tmp_path: Path,
+    database: str,
+    upstream: FakeUpstream,
+    checkpoint_interval: str,
+    orphan_after: str,
 ) -> AsyncIterator[Cluster]:
     env = site_environment(
         tmp_path,
@@ -96,7 +106,7 @@ async def cluster(
         OPENAI_API_KEY="sk-test",
         CHAT_MODEL="fake-model",
         CHAT_AUTO_TITLE="0",  # each test scripts the answers only
-        CHAT_ORPHAN_AFTER="2",
+        CHAT_ORPHAN_AFTER=orphan_after,
         CHAT_CHECKPOINT_INTERVAL=checkpoint_interval,
     )
     await asyncio.to_thread(manage, env, "migrate", "--noinput")
@@ -263,3 +273,85 @@ async def test_an_answer_finishes_with_no_one_watching_and_is_there_on_the_next_
                 "content": rebuild_from(history, frames, answer),
             }
     assert (shown["status"], shown["content"]) == ("complete", "Written while away.")
+
+
+async def checkpointed(database: str, message: str) -> str:
+    """The answer's text once a checkpoint saved some (polled: it is another process's write)."""
+    async with asyncio.timeout(5):
+        while True:
+            with psycopg.connect(database) as db:
+                row = db.execute("SELECT content FROM chat_message WHERE id = %s", (message,))
+                content = str(row.fetchone()[0])
+            if content:
+                return content
+            await asyncio.sleep(0.05)
+
+
+# The periodic sweep would take a minute: only the stop can end the answer in time.
+@pytest.mark.parametrize("orphan_after", ["60"])
+async def test_a_stop_ends_at_once_an_answer_whose_process_was_killed(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    upstream.script(hanging("Half an answer"), stream(*completion(["Again."])))
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        await b.recv()
+        await checkpointed(database, answer)
+        cluster.sites[0].process.send_signal(signal.SIGKILL)
+        cluster.sites[0].process.wait(timeout=5)
+        started = time.monotonic()
+        await b.send(json.dumps({"type": "stop", "message": answer}))
+        done = (await receive_until(b, "done", timeout=5))[-1]
+        assert (done["status"], done["error"]["code"]) == ("interrupted", "interrupted")
+        assert done["usage"]["estimated"] is True
+        assert time.monotonic() - started < 3
+        # The conversation is not left busy: the next turn goes ahead.
+        await b.send(json.dumps({"type": "send", "conversation": conversation, "content": "?"}))
+        assert (await receive_until(b, "done"))[-1]["status"] == "complete"
+
+
+@pytest.mark.parametrize("orphan_after", ["60"])
+async def test_a_turn_after_a_killed_process_interrupts_its_answer_instead_of_waiting(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    upstream.script(hanging("Half an answer"), stream(*completion(["Next."])))
+    async with cluster.open(0) as a:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+        await checkpointed(database, answer)
+    cluster.sites[0].process.send_signal(signal.SIGKILL)
+    cluster.sites[0].process.wait(timeout=5)
+    async with cluster.open(1) as b:
+        await b.send(json.dumps({"type": "send", "conversation": conversation, "content": "?"}))
+        frames = await receive_until(b, "done")
+    assert not [f for f in frames if f["type"] == "error"]
+    assert frames[-1]["status"] == "complete"
+    with psycopg.connect(database) as db:
+        row = db.execute("SELECT status FROM chat_message WHERE id = %s", (answer,)).fetchone()
+    assert row == ("interrupted",)
+
+
+async def test_nul_characters_are_stored_exactly_as_shown_on_postgresql(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    """PostgreSQL cannot store NUL: it is shown and stored as U+FFFD, and nothing is lost."""
+    upstream.script(stream(*completion(["before\x00after", " and \x00\x00 end"])))
+    async with cluster.open(0) as a:
+        question = "a question \x00 with NUL"
+        await a.send(json.dumps({"type": "send", "conversation": None, "content": question}))
+        frames = await receive_until(a, "done")
+    shown = "".join(f["text"] for f in frames if f["type"] == "delta")
+    assert shown == "before\ufffdafter and \ufffd\ufffd end"
+    assert frames[-1]["status"] == "complete"
+    asked = next(f["message"] for f in frames if f["type"] == "message")
+    assert asked["content"] == "a question \ufffd with NUL"
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT role, status, content FROM chat_message ORDER BY created_at"
+        ).fetchall()
+    assert rows == [
+        ("user", "complete", "a question \ufffd with NUL"),
+        ("assistant", "complete", shown),
+    ]
