@@ -317,7 +317,11 @@ class FakeUpstream:
 
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply, request: Request) -> None:
         if reply.delay:
-            await asyncio.sleep(reply.delay)
+            # A slow first byte, cut short if the client gives up meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.client_closed.wait(), reply.delay)
+            if request.client_closed.is_set():
+                return
         if reply.garbage:
             writer.write(reply.garbage)
             await writer.drain()

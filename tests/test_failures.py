@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 import zlib
 from typing import Any
 
@@ -316,3 +317,36 @@ async def test_the_api_key_never_reaches_a_log_line(
     assert API_KEY not in json.dumps(frames)
     assert any("upstream_auth" in record.getMessage() for record in caplog.records)
     assert all(API_KEY not in record.getMessage() for record in caplog.records)
+
+
+async def test_an_upstream_that_never_answers_fails_the_turn_at_the_first_byte_deadline(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    """Not after three read timeouts: one deadline for the turn, retries included."""
+    settings.CHAT_FIRST_BYTE_TIMEOUT = 0.5
+    settings.CHAT_READ_TIMEOUT = 0.3  # each try gives up after this, and is retried
+    settings.CHAT_MAX_RETRIES = 5
+    settings.CHAT_RETRY_BACKOFF = 0.01
+    fake_upstream.script(*(Reply(delay=30, body=completion(["late"])) for _ in range(6)))
+    chat = await connect(user)
+    started = time.monotonic()
+    frames, stored = await run_turn(chat)
+    assert time.monotonic() - started < 2
+    assert frames[-1]["error"]["code"] == "upstream_timeout"
+    assert "did not start answering within 0.5 s" in frames[-1]["error"]["detail"]
+    assert (stored.status, stored.error_code) == ("failed", "upstream_timeout")
+    assert len(fake_upstream.requests) == 2  # retried, but only within the deadline
+
+
+async def test_no_retry_is_made_that_would_end_past_the_deadline(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_FIRST_BYTE_TIMEOUT = 1.0
+    settings.CHAT_RETRY_BACKOFF = 2.0  # the first retry would start after the deadline
+    fake_upstream.script(json_error(503, "overloaded"), stream(*completion(["never asked"])))
+    chat = await connect(user)
+    started = time.monotonic()
+    frames, _ = await run_turn(chat)
+    assert time.monotonic() - started < 1
+    assert frames[-1]["error"]["code"] == "upstream_unavailable"  # the real cause, at once
+    assert len(fake_upstream.requests) == 1

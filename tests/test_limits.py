@@ -122,3 +122,52 @@ def test_the_production_settings_pass_the_deploy_checks() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+async def finished_conversation(chat: Any, fake_upstream: FakeUpstream, text: str) -> str:
+    fake_upstream.script(stream(*completion([text])))
+    await chat.send("question")
+    return str((await chat.receive_until("done"))[-1]["conversation"])
+
+
+async def test_one_user_cannot_load_histories_faster_than_their_budget(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, other_user: Any, settings: Any
+) -> None:
+    """However many sockets they open: the budget is the user's, not the socket's."""
+    settings.CHAT_HISTORIES_PER_MINUTE = 8  # bursts of 2
+    owner = await connect(user)
+    conversation = await finished_conversation(owner, fake_upstream, "Hello")
+    sockets = [await connect(user) for _ in range(4)]
+    for chat in sockets:
+        await chat.watch(conversation)
+    replies = [(await chat.receive())["type"] for chat in sockets]
+    assert replies.count("history") == 2
+    refused = [chat.frames[-1] for chat in sockets if chat.frames[-1]["type"] == "error"]
+    assert [f["code"] for f in refused] == ["slow_down", "slow_down"]
+    # Another user's budget is their own.
+    other = await connect(other_user)
+    theirs = await finished_conversation(other, fake_upstream, "Hi")
+    await other.watch(theirs)
+    assert (await other.receive())["type"] == "history"
+
+
+async def test_a_finished_answer_is_rendered_once_however_often_it_is_shown(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, monkeypatch: Any
+) -> None:
+    from chat import rendering
+
+    renders: list[str] = []
+    render = rendering.render_markdown
+
+    def counted(text: str) -> str:
+        renders.append(text)
+        return render(text)
+
+    monkeypatch.setattr(rendering, "render_markdown", counted)
+    chat = await connect(user)
+    conversation = await finished_conversation(chat, fake_upstream, "```python\nx = 1\n```\n")
+    for _ in range(3):
+        await chat.watch(conversation)
+        history = await chat.receive()
+        assert '<span class="hl-n">x</span>' in history["messages"][1]["html"]
+    assert renders.count("```python\nx = 1\n```\n") == 1

@@ -1,0 +1,110 @@
+"""A socket chats only while its session does: logout and password changes end it.
+
+The socket authenticates when it opens; afterwards every request it makes is
+checked against the session as stored now, and a logout closes the sockets of
+that session in this process at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.models import Session
+from django.test import Client
+
+from project.asgi import application
+from tests.conftest import ORIGIN, ChatClient
+from tests.fake_upstream import FakeUpstream, completion, stream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Open = Callable[[Client], Awaitable[ChatClient]]
+
+
+@pytest.fixture
+async def open_socket(fake_upstream: FakeUpstream) -> AsyncIterator[Open]:
+    """Open a socket with a browser's session cookie (the browser keeps the ``Client``)."""
+    communicators: list[WebsocketCommunicator] = []
+
+    async def _open(browser: Client) -> ChatClient:
+        cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+        headers = [(b"origin", ORIGIN), (b"host", b"localhost"), (b"cookie", cookie)]
+        communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        communicators.append(communicator)
+        assert (await communicator.connect(timeout=5))[0]
+        return ChatClient(communicator)
+
+    yield _open
+    for communicator in communicators:
+        await communicator.disconnect(timeout=5)
+
+
+async def logged_in(user: Any) -> Client:
+    browser = Client()
+    await sync_to_async(browser.force_login)(user)
+    return browser
+
+
+async def closed_with(chat: ChatClient) -> int:
+    output = await chat.communicator.receive_output(timeout=5)
+    while output["type"] != "websocket.close":
+        output = await chat.communicator.receive_output(timeout=5)
+    return int(output["code"])
+
+
+async def test_logging_out_closes_the_sessions_open_sockets_at_once(
+    open_socket: Open, user: Any
+) -> None:
+    browser = await logged_in(user)
+    chat = await open_socket(browser)
+    await sync_to_async(browser.logout)()
+    assert await chat.receive() == {
+        "type": "error",
+        "code": "not_authenticated",
+        "detail": "You logged out.",
+    }
+    assert await closed_with(chat) == 4401
+
+
+async def test_a_send_after_logout_is_refused(
+    open_socket: Open, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    """Even where no signal reached the socket (another process; a session deleted)."""
+    browser = await logged_in(user)
+    chat = await open_socket(browser)
+    await Session.objects.filter(session_key=browser.session.session_key).adelete()
+    await chat.send("still here?")
+    error = await chat.receive()
+    assert (error["type"], error["code"]) == ("error", "not_authenticated")
+    assert await closed_with(chat) == 4401
+    assert fake_upstream.requests == []  # nothing was asked upstream
+
+
+async def test_a_password_change_ends_the_other_sessions_sockets(
+    open_socket: Open, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    browser = await logged_in(user)
+    chat = await open_socket(browser)
+    user.set_password("a-new-password-42")
+    await user.asave()
+    await chat.send("still here?")
+    assert (await chat.receive())["code"] == "not_authenticated"
+    assert await closed_with(chat) == 4401
+    assert fake_upstream.requests == []
+
+
+async def test_another_session_of_the_same_user_keeps_chatting(
+    open_socket: Open, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    phone, laptop = await logged_in(user), await logged_in(user)
+    on_phone = await open_socket(phone)
+    on_laptop = await open_socket(laptop)
+    await sync_to_async(phone.logout)()
+    assert await closed_with(on_phone) == 4401
+    fake_upstream.script(stream(*completion(["Still here."])))
+    await on_laptop.send("hello")
+    assert (await on_laptop.receive_until("done"))[-1]["status"] == "complete"
