@@ -421,7 +421,7 @@ def finish_message(
     now = timezone.now()
     with transaction.atomic():
         Message.objects.filter(pk=message_id).update(
-            updated_at=now, **_usage_fields(usage), **fields
+            updated_at=now, **_usage_fields(usage), **_fitted(fields)
         )
         record_usage(owner_key, usage, answers=1)
 
@@ -455,6 +455,16 @@ def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
 def load_message_anyones(message_id: uuid.UUID) -> Message | None:
     """The message with this id whoever owns it (for the server's own checks, never shown)."""
     return Message.objects.filter(pk=message_id).first()
+
+
+def _fitted(fields: dict[str, Any]) -> dict[str, Any]:
+    """Strings cut to their column's length: what the upstream names (a model, a finish
+    reason) may be longer than the column, and PostgreSQL refuses what SQLite takes."""
+    fitted = {}
+    for name, value in fields.items():
+        limit = getattr(Message._meta.get_field(name), "max_length", None)
+        fitted[name] = value[:limit] if isinstance(value, str) and limit else value
+    return fitted
 
 
 def _usage_fields(usage: Usage) -> dict[str, Any]:

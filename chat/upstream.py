@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -67,7 +68,8 @@ class UpstreamConfig:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What upstream text must never carry to a user, a log or the database."""
-        return (self.api_key, *self.headers.values())
+        password = urlsplit(self.base_url).password  # https://user:secret@host/v1
+        return (self.api_key, *self.headers.values(), *([password] if password else []))
 
     @classmethod
     def from_settings(cls, *, base_url: str | None = None) -> UpstreamConfig:

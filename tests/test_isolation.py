@@ -37,7 +37,7 @@ def frames_of(conversation: str, answer: str) -> list[dict[str, Any]]:
         {"type": "title", "conversation": conversation, "title": "Alice's secret"},
         {
             "type": "message",
-            "message": {"id": str(uuid.uuid4()), "conversation": conversation, "status": "complete"},
+            "message": {"id": str(uuid.uuid4()), "conversation": conversation, "status": "done"},
         },
         {"type": "delta", "message": answer, "index": 0, "text": "Alice's "},
         {"type": "reasoning", "message": answer, "index": 0, "text": "thinking"},

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.fake_upstream import FakeUpstream, completion, hanging, paused, stream
+from tests.fake_upstream import DONE, FakeUpstream, completion, event, hanging, paused, stream
 from tests.servers import Site, daphne, log_in, manage, site_environment
 
 PG = os.environ.get("CHAT_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
@@ -336,8 +336,13 @@ async def test_a_turn_after_a_killed_process_interrupts_its_answer_instead_of_wa
 async def test_nul_characters_are_stored_exactly_as_shown_on_postgresql(
     cluster: Cluster, upstream: FakeUpstream, database: str
 ) -> None:
-    """PostgreSQL cannot store NUL: it is shown and stored as U+FFFD, and nothing is lost."""
-    upstream.script(stream(*completion(["before\x00after", " and \x00\x00 end"])))
+    """PostgreSQL refuses NUL, and strings longer than their column: neither costs the answer."""
+    odd_end = event(
+        {"choices": [{"delta": {}, "finish_reason": "f" * 100}], "model": "m\x00" * 300}
+    )
+    upstream.script(
+        stream(*completion(["before\x00after", " and \x00\x00 end"])[:-3], odd_end, DONE)
+    )
     async with cluster.open(0) as a:
         question = "a question \x00 with NUL"
         await a.send(json.dumps({"type": "send", "conversation": None, "content": question}))
@@ -355,3 +360,4 @@ async def test_nul_characters_are_stored_exactly_as_shown_on_postgresql(
         ("user", "complete", "a question \ufffd with NUL"),
         ("assistant", "complete", shown),
     ]
+    assert frames[-1]["finish_reason"] == "f" * 100
