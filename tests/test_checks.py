@@ -42,6 +42,11 @@ def test_the_defaults_pass() -> None:
         pytest.param("CHAT_DAILY_TOKEN_BUDGET", 0, "chat.E013", id="budget-zero"),
         pytest.param("CHAT_DAILY_TOKEN_BUDGET", 1.5, "chat.E013", id="budget-float"),
         pytest.param("CHAT_UPSTREAM_PROXY", "proxy:3128", "chat.E014", id="proxy-scheme"),
+        pytest.param("CHAT_MAX_FRAME_BYTES", 2 * 1024 * 1024, "chat.E015", id="frame-over-1mib"),
+        pytest.param("CHAT_MAX_FRAME_BYTES", 100, "chat.E015", id="frame-too-small"),
+        pytest.param("CHAT_MAX_FRAME_BYTES", "big", "chat.E015", id="frame-string"),
+        pytest.param("CHAT_FIRST_BYTE_TIMEOUT", 0, "chat.E002", id="first-byte-timeout"),
+        pytest.param("CHAT_HISTORIES_PER_MINUTE", 0, "chat.E012", id="histories-per-minute"),
     ],
 )
 def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_id: str) -> None:
