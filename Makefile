@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`.
 PYTHON ?= python3
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Set up and start the demo site on http://127.0.0.1:8000 (log in as demo / demo).
+## Set up and start the demo site on http://127.0.0.1:$(PORT) (log in as demo / demo).
 run: $(STAMP)
-	$(BIN)/python manage.py demo 127.0.0.1:8000
+	$(BIN)/python manage.py demo 127.0.0.1:$(PORT)
 
 ## Set up and run the whole test suite.
 test: $(STAMP)

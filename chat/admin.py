@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from chat.generation import stop_anywhere
-from chat.models import Conversation, DailyUsage, Message, StreamingAnswer
+from chat.models import Conversation, DailyUsage, Message, StreamingAnswer, active_path
 
 
 class ReadOnlyMixin:
@@ -94,6 +94,31 @@ def _tokens(message: Message) -> str:
     return f"~{figures} (estimated)" if message.usage_estimated else figures
 
 
+def _tree(messages: list[Message]) -> list[tuple[Message, int, list[Message]]]:
+    """Messages depth first (each after its parent, versions oldest first), with the
+    depth of each branch point (0 on the first path) and each message's siblings."""
+    children: dict[Any, list[Message]] = {}
+    for m in sorted(messages, key=lambda m: m.created_at):
+        children.setdefault(m.parent_id, []).append(m)
+    ordered: list[tuple[Message, int, list[Message]]] = []
+    stack = [(m, 0) for m in reversed(children.get(None, []))]
+    while stack:
+        message, depth = stack.pop()
+        siblings = children[message.parent_id]
+        ordered.append((message, depth, siblings))
+        below = children.get(message.id, [])
+        # The first reply continues the branch; later versions start a deeper one.
+        stack += [(child, depth + (i > 0)) for i, child in reversed(list(enumerate(below)))]
+    return ordered
+
+
+def _version(message: Message, siblings: list[Message], shown: bool) -> str:
+    if len(siblings) < 2:
+        return "shown" if shown else "not shown"
+    number = f"{siblings.index(message) + 1}/{len(siblings)}"
+    return f"{number}, shown" if shown else f"{number}, not shown"
+
+
 def _seconds(value: timedelta | None) -> str:
     return "" if value is None else f"{value.total_seconds():.3f} s"
 
@@ -149,29 +174,37 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-a
 
     @admin.display(description="transcript")
     def transcript(self, obj: Conversation) -> str:
-        """Every message in order, with how it ran; content is escaped, never rendered."""
+        """Every message as a tree: each version under its parent, marked ``2/3``, and
+        whether the page shows it. Content is escaped, never rendered."""
+        messages = list(obj.messages.all())
+        shown = {m.id for m in active_path(messages, obj.current_leaf_id)}
         rows = format_html_join(
             "",
-            '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td>'
+            '<tr class="{}"><td>{}</td><td style="padding-left: {}em">{}<a href="{}">{}</a></td>'
+            "<td>{}</td><td>{}</td>"
             '<td style="white-space: pre-wrap; min-width: 30em; max-width: 60em">{}</td>'
             "<td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
+                    "chat-shown" if m.id in shown else "chat-other-version",
                     m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    depth,
+                    "↳ " if depth else "",
                     reverse("admin:chat_message_change", args=[m.pk]),
                     m.get_role_display(),
+                    _version(m, siblings, m.id in shown),
                     _outcome(m),
                     m.content,
                     _tokens(m),
                     _seconds(m.time_to_first_token),
                     _seconds(m.duration),
                 )
-                for m in obj.messages.all()
+                for m, depth, siblings in _tree(messages)
             ),
         )
         return format_html(
-            '<table class="chat-transcript"><thead><tr><th>at</th><th>role</th><th>status</th>'
-            "<th>content</th><th>tokens (prompt / completion / total)</th>"
+            '<table class="chat-transcript"><thead><tr><th>at</th><th>role</th><th>version</th>'
+            "<th>status</th><th>content</th><th>tokens (prompt / completion / total)</th>"
             "<th>first token</th><th>duration</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
@@ -213,14 +246,31 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     )
     list_filter = ("status", "role", "model", "created_at")
     search_fields = ("content", "conversation__title")
-    exclude = ("timeline",)
-    readonly_fields = ("created_at", "updated_at", "how_it_ran")
+    exclude = ("timeline", "content", "reasoning")
+    readonly_fields = ("text", "thinking", "created_at", "updated_at", "how_it_ran")
     list_select_related = ("conversation",)
     date_hierarchy = "created_at"
+
+    @admin.display(description="content")
+    def text(self, obj: Message) -> str:
+        """As written: the admin's own display of a text field folds indentation and spaces."""
+        return _preformatted(obj.content)
+
+    @admin.display(description="reasoning")
+    def thinking(self, obj: Message) -> str:
+        return _preformatted(obj.reasoning)
 
     @admin.display(description="how it ran")
     def how_it_ran(self, obj: Message) -> str:
         return _timeline(obj)
+
+
+def _preformatted(text: str) -> str:
+    if not text:
+        return "—"
+    return format_html(
+        '<pre style="white-space: pre-wrap; overflow-wrap: anywhere; margin: 0">{}</pre>', text
+    )
 
 
 def _timeline(message: Message) -> str:
@@ -292,14 +342,13 @@ class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg
 
     list_display = (
         "day",
-        "user",
-        "owner_key",
+        "who",
         "answers",
         "prompt_tokens",
         "completion_tokens",
         "total",
-        "running",
         "estimated_tokens",
+        "running",
     )
     list_filter = ("day",)
     search_fields = ("user__username", "owner_key")
@@ -316,10 +365,15 @@ class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg
         )
         return queryset.annotate(running_total=Subquery(so_far))
 
-    @admin.display(description="total tokens")
+    @admin.display(description="user", ordering="owner_key")
+    def who(self, obj: DailyUsage) -> str:
+        """The user, or the anonymous session's key (``CHAT_ALLOW_ANONYMOUS``)."""
+        return obj.user.get_username() if obj.user is not None else obj.owner_key
+
+    @admin.display(description="total")
     def total(self, obj: DailyUsage) -> int:
         return obj.total_tokens
 
-    @admin.display(description="running total (all days so far)", ordering="running_total")
+    @admin.display(description="all days so far", ordering="running_total")
     def running(self, obj: Any) -> int:
         return int(obj.running_total or 0)

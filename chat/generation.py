@@ -273,7 +273,10 @@ class Generation:
             error_info = {"code": "stopped_by_staff", "detail": "Stopped by the site's staff."}
         text = self.text
         answer = self.answer
-        usage = Usage.of((answer.prompt_tokens, answer.completion_tokens), self.history, text)
+        if answer.accepted:
+            usage = Usage.of((answer.prompt_tokens, answer.completion_tokens), self.history, text)
+        else:  # no server took the request (refused, an error status): nothing was spent
+            usage = Usage(0, 0, estimated=False)
         answer.note(
             "finished",
             status=status,

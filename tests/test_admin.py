@@ -161,3 +161,47 @@ def test_message_text_is_escaped_in_the_transcript(staff: Client, user: Any) -> 
     page = staff.get(reverse("admin:chat_conversation_change", args=[conversation.pk]))
     assert "&lt;script&gt;x&lt;/script&gt;" in page.content.decode()
     assert "<script>x</script>" not in page.content.decode()
+
+
+def test_a_messages_content_keeps_its_indentation(staff: Client, user: Any) -> None:
+    conversation = Conversation.objects.create(owner=user, title="Code")
+    code = "```python\ndef f():\n    if x:\n        return  1\n```"
+    message = Message.objects.create(
+        conversation=conversation, role="assistant", content=code, status="complete"
+    )
+    page = staff.get(reverse("admin:chat_message_change", args=[message.pk])).content.decode()
+    assert "def f():\n    if x:\n        return  1" in page
+    assert '<pre style="white-space: pre-wrap' in page
+
+
+def test_the_transcript_shows_versions_under_their_parent_and_which_is_shown(
+    staff: Client, user: Any
+) -> None:
+    conversation = Conversation.objects.create(owner=user, title="Versions")
+    question = Message.objects.create(conversation=conversation, role="user", content="Q?")
+    first = Message.objects.create(
+        conversation=conversation, parent=question, role="assistant", content="First answer"
+    )
+    Message.objects.create(
+        conversation=conversation, parent=first, role="user", content="Follow-up"
+    )
+    second = Message.objects.create(
+        conversation=conversation, parent=question, role="assistant", content="Second answer"
+    )
+    conversation.current_leaf = second
+    conversation.save()
+    page = staff.get(
+        reverse("admin:chat_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    # Depth first: the first answer's follow-up comes before the second version.
+    order = [page.index(text) for text in ("Q?", "First answer", "Follow-up", "Second answer")]
+    assert order == sorted(order)
+    table = page[page.index('<table class="chat-transcript">') :]
+    rows = table[: table.index("</table>")].split("<tr")[2:]  # after the header row
+    assert [("1/2, shown" in r, "2/2, shown" in r, "not shown" in r) for r in rows] == [
+        (False, False, False),  # the question: one version, shown
+        (False, False, True),  # first answer: 1/2, not shown
+        (False, False, True),  # its follow-up: not shown
+        (False, True, False),  # second answer: 2/2, shown
+    ]
+    assert '<tr class="chat-other-version">' in page and "↳ " in page

@@ -137,6 +137,14 @@ async def test_a_refused_connection_is_reported(
     assert frames[-1]["error"]["code"] == "upstream_unreachable"
     assert "Could not connect" in frames[-1]["error"]["detail"]
     assert stored.status == "failed"
+    # Nothing reached a model: nothing was spent, and nothing is estimated.
+    assert frames[-1]["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "estimated": False,
+    }
+    assert (stored.total_tokens, stored.usage_estimated) == (0, False)
 
 
 @pytest.mark.parametrize(

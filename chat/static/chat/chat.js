@@ -380,7 +380,7 @@
       ["Regenerate", "Answer this again", regenerate],
     ]);
     var usage = result.usage;
-    if (usage && usage.total_tokens !== null) {
+    if (usage && usage.total_tokens) { // none (null), or nothing spent (0): nothing to say
       var tokens = document.createElement("span");
       tokens.className = "chat-usage";
       tokens.textContent = usage.estimated
@@ -502,18 +502,28 @@
     area.value = entry.text;
     area.setAttribute("aria-label", "Edited message");
     form.appendChild(area);
+    var bar = entry.node.querySelector(".chat-actions"); // its Edit button, hidden while editing
+    function close() {
+      form.remove();
+      entry.body.hidden = false;
+      if (bar) {
+        bar.hidden = false;
+      }
+    }
     form.appendChild(actions(entry, [
       ["Save and ask", "Ask the edited message", function () { form.requestSubmit(); }],
-      ["Cancel", "Keep the message as it was", function () { form.remove(); entry.body.hidden = false; }],
+      ["Cancel", "Keep the message as it was", close],
     ]));
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       if (area.value.trim() && sendFrame({ type: "edit", message: entry.id, content: area.value })) {
-        form.remove();
-        entry.body.hidden = false;
+        close();
       }
     });
     entry.body.hidden = true;
+    if (bar) {
+      bar.hidden = true;
+    }
     entry.node.insertBefore(form, entry.body.nextSibling);
     area.focus();
   }
