@@ -119,6 +119,16 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         )
     if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):
         errors.append(Error("CHAT_MAX_EVENT_BYTES should be a positive integer.", id="chat.E008"))
+    if conf.demo_mode and not settings.DEBUG:
+        errors.append(
+            Warning(
+                "Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set, and DEBUG is off: every "
+                "message is answered by the built-in demo model, not a real one.",
+                hint="Set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (any OpenAI-compatible "
+                "server) in the settings or the environment.",
+                id="chat.W002",
+            )
+        )
     if conf.CHAT_ALLOW_ANONYMOUS and conf.OPENAI_API_KEY:
         errors.append(
             Warning(

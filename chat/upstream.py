@@ -109,6 +109,11 @@ class Answer:
     def note(self, event: str, **details: Any) -> None:
         self.events.append((timezone.now(), event, details))
 
+    @property
+    def accepted(self) -> bool:
+        """Whether the upstream took the request: it answered with a stream (so may bill)."""
+        return any(event == "response" for _, event, _ in self.events)
+
     def scrub(self, secrets: tuple[str, ...]) -> None:
         """Redact what the upstream said besides the text (``chat.text``), before it is kept."""
         self.model = redact_all(self.model, secrets)

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.servers import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_tiny_benchmark_run_delivers_every_stream_exactly(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ def ids(messages: list[Any]) -> list[str]:
     return [m.id for m in messages]
 
 
-def test_the_defaults_pass() -> None:
+def test_the_defaults_pass(settings: Any) -> None:
+    settings.DEBUG = True  # the demo model answers: fine while developing (see chat.W002)
     assert check_settings(None) == []
     assert check_dependencies(None) == []
     assert [m for m in run_checks() if m.id.startswith("chat.")] == []
@@ -54,6 +55,13 @@ def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_i
     assert check_id in ids(check_settings(None))
 
 
+def test_a_production_site_answered_by_the_demo_model_is_warned_about(settings: Any) -> None:
+    settings.DEBUG = False
+    assert "chat.W002" in ids(check_settings(None))
+    settings.OPENAI_BASE_URL = "http://localhost:11434/v1"  # a real model (Ollama)
+    assert "chat.W002" not in ids(check_settings(None))
+
+
 def test_anonymous_chat_with_a_real_key_is_warned_about(settings: Any) -> None:
     settings.CHAT_ALLOW_ANONYMOUS = True
     settings.OPENAI_API_KEY = "sk-real"
@@ -73,5 +81,6 @@ def test_an_asgi_application_is_required(settings: Any) -> None:
 
 
 def test_a_missing_ca_bundle_is_reported(settings: Any) -> None:
+    settings.OPENAI_API_KEY = "sk-real"
     settings.CHAT_UPSTREAM_CA_BUNDLE = "/nonexistent/ca.pem"
     assert ids(check_settings(None)) == ["chat.E009"]

@@ -81,6 +81,7 @@ async def test_the_demo_is_off_when_a_real_model_is_configured(settings: Any) ->
     assert response.status_code == 404
 
 
+@pytest.mark.integration
 async def test_a_fresh_site_chats_with_the_demo_model_over_real_sockets(tmp_path: Path) -> None:
     env = prepare_site(tmp_path, CHAT_DEMO_TOKENS_PER_SECOND="2000")
     with daphne(env) as site:

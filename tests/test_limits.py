@@ -106,68 +106,33 @@ async def test_a_flood_is_closed_even_when_some_frames_get_through(
     assert len(refusals) < 10  # told to slow down once a burst, not once a frame
 
 
-def test_the_production_settings_pass_the_deploy_checks() -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "x" * 20 + "production-secret-key-that-is-long-and-random-7f3a9c2e",
-        "DJANGO_ALLOWED_HOSTS": "chat.example.com",
-    }
-    result = subprocess.run(
+PRODUCTION = {
+    "PATH": "/usr/bin:/bin",
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": "x" * 20 + "production-secret-key-that-is-long-and-random-7f3a9c2e",
+    "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+}
+
+
+def deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+@pytest.mark.integration
+def test_the_production_settings_pass_the_deploy_checks() -> None:
+    result = deploy_check({**PRODUCTION, "OPENAI_API_KEY": "sk-production"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
-async def finished_conversation(chat: Any, fake_upstream: FakeUpstream, text: str) -> str:
-    fake_upstream.script(stream(*completion([text])))
-    await chat.send("question")
-    return str((await chat.receive_until("done"))[-1]["conversation"])
-
-
-async def test_one_user_cannot_load_histories_faster_than_their_budget(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any, other_user: Any, settings: Any
-) -> None:
-    """However many sockets they open: the budget is the user's, not the socket's."""
-    settings.CHAT_HISTORIES_PER_MINUTE = 8  # bursts of 2
-    owner = await connect(user)
-    conversation = await finished_conversation(owner, fake_upstream, "Hello")
-    sockets = [await connect(user) for _ in range(4)]
-    for chat in sockets:
-        await chat.watch(conversation)
-    replies = [(await chat.receive())["type"] for chat in sockets]
-    assert replies.count("history") == 2
-    refused = [chat.frames[-1] for chat in sockets if chat.frames[-1]["type"] == "error"]
-    assert [f["code"] for f in refused] == ["slow_down", "slow_down"]
-    # Another user's budget is their own.
-    other = await connect(other_user)
-    theirs = await finished_conversation(other, fake_upstream, "Hi")
-    await other.watch(theirs)
-    assert (await other.receive())["type"] == "history"
-
-
-async def test_a_finished_answer_is_rendered_once_however_often_it_is_shown(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any, monkeypatch: Any
-) -> None:
-    from chat import rendering
-
-    renders: list[str] = []
-    render = rendering.render_markdown
-
-    def counted(text: str) -> str:
-        renders.append(text)
-        return render(text)
-
-    monkeypatch.setattr(rendering, "render_markdown", counted)
-    chat = await connect(user)
-    conversation = await finished_conversation(chat, fake_upstream, "```python\nx = 1\n```\n")
-    for _ in range(3):
-        await chat.watch(conversation)
-        history = await chat.receive()
-        assert '<span class="hl-n">x</span>' in history["messages"][1]["html"]
-    assert renders.count("```python\nx = 1\n```\n") == 1
+@pytest.mark.integration
+def test_a_production_site_without_a_model_fails_the_deploy_checks() -> None:
+    result = deploy_check(PRODUCTION)
+    assert result.returncode != 0
+    assert "chat.W002" in result.stderr and "demo model" in result.stderr

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import psutil
+import pytest
 import websockets
 
 from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_thousand_abandoned_sockets_leave_the_server_serving(tmp_path: Path) -> None:

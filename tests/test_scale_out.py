@@ -38,10 +38,13 @@ def reachable(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-pytestmark = pytest.mark.skipif(
-    not (reachable(5432) and reachable(6379)),
-    reason="needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (reachable(5432) and reachable(6379)),
+        reason="needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379",
+    ),
+]
 
 
 @pytest.fixture

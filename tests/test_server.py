@@ -11,6 +11,8 @@ import pytest
 from chat.server import install_uvloop
 from tests.servers import daphne, prepare_site
 
+pytestmark = pytest.mark.integration
+
 
 def test_it_serves_the_project_on_uvloop(tmp_path: Path) -> None:
     with daphne(prepare_site(tmp_path)) as site:

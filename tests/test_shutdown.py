@@ -18,7 +18,7 @@ from tests.conftest import Connect
 from tests.fake_upstream import FakeUpstream, hanging
 from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 
 async def test_shutdown_saves_running_answers_as_interrupted(

@@ -22,6 +22,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
     if Path(CHROMIUM).exists():
         return
     skip = pytest.mark.skip(reason="needs Debian's chromium (.ci/run installs it)")
