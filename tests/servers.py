@@ -105,6 +105,11 @@ def daphne(
         process.terminate()
         try:
             process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # A server that does not exit on SIGTERM is a failure, not a hang of the suite.
+            process.kill()
+            process.wait(timeout=10)
+            raise
         finally:
             if process.stderr is not None:
                 process.stderr.close()
