@@ -1,10 +1,10 @@
-"""The chat socket: authenticate once, validate every frame, start / stop / watch answers.
+"""The chat socket: authenticate, validate every frame, and hand it to the right place.
 
-The consumer never runs an answer itself: ``receive`` stores the turn, hands
-the ``Generation`` to the process-wide registry and returns at once, so a
-``stop`` is handled while the answer streams. Frames of the watched
-conversation arrive through ``deliver`` into an outbox that this socket's own
-sender task drains, in order, exactly once by ``index``, merging what piled up.
+The consumer never runs an answer itself: a turn is stored and its generation
+started (``chat.turns``), owned by the process, and ``receive`` returns at
+once, so a ``stop`` is handled while the answer streams. What the socket is
+sent, in which order and how fast, is its ``Delivery``'s business
+(``chat.delivery``); the consumer wires it to the websocket.
 """
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import auth, demo, lifespan, store
+from chat import auth, demo, lifespan, store, turns
 from chat.auth import owner_of
 from chat.conf import conf
-from chat.exceptions import ClientError, ConversationBusy, SessionEnded
-from chat.fanout import Frame, hub
-from chat.generation import Generation, registry, stop_anywhere
-from chat.limits import FrameBucket, SendWindow, histories
+from chat.delivery import Delivery, SlowReader
+from chat.exceptions import ClientError, SessionEnded
+from chat.fanout import hub
+from chat.generation import registry
+from chat.limits import FrameBucket, histories
 from chat.models import Message, Owner
 from chat.protocol import (
     ClientFrame,
@@ -36,17 +36,12 @@ from chat.protocol import (
     Stop,
     Switch,
     Watch,
-    coalesce,
-    conversation_of,
     conversation_payload,
-    dumps,
     error_frame,
-    frame_texts,
     message_payload,
     parse_client_frame,
 )
 from chat.rendering import finished_html, render_prefix
-from chat.sweep import interrupt_orphan
 from chat.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
@@ -57,38 +52,30 @@ CLOSE_TOO_MANY_FRAMES = 4429
 CLOSE_SERVER_ERROR = 1011
 
 
-class SlowReader(Exception):
-    """Raised when the page read nothing for ``CHAT_SLOW_CLIENT_TIMEOUT`` with a full window."""
-
-
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     # Frames reach sockets through chat.fanout, not through a channel per socket.
     channel_layer_alias = None
     owner: Owner | None = None
     watching: uuid.UUID | None = None
-    #: The conversation this socket may show: set once its owner was checked.
-    #: Frames of any other conversation are dropped, whatever their kind.
-    shown: uuid.UUID | None = None
     session_key: str | None = None
 
     async def connect(self) -> None:
         lifespan.started()
         self.owner = owner_of(self.scope)
-        # Code points of each answer this socket already has: its text, its
-        # reasoning and its HTML, under the keys ``_keys`` gives.
-        self.positions: dict[str, int] = {}
-        self.finished: set[str] = set()
-        self.outbox: deque[Frame] = deque()
-        self.wake = asyncio.Event()
-        self.holding = False  # while a history is prepared, frames wait in the outbox
-        self.ending = False  # the session logged out: close once the sender wakes
-        self.flooded = False
+        self.delivery = Delivery(
+            lambda text: self.send(text_data=text),
+            text_of=self.current_text,
+            window=conf.CHAT_SEND_WINDOW,
+            slow_timeout=conf.CHAT_SLOW_CLIENT_TIMEOUT,
+            frame_limit=conf.CHAT_MAX_FRAME_BYTES,
+        )
         self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
-        self.window = SendWindow(conf.CHAT_SEND_WINDOW)
+        self.flooded = False
+        self.logged_out = False
         await self.accept()
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
-            await self.send_frame(error_frame("not_authenticated", "Log in to chat."))
+            await self.delivery.send_frame(error_frame("not_authenticated", "Log in to chat."))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         session = self.scope.get("session")
@@ -110,23 +97,25 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
-    async def send_frame(self, frame: Any) -> None:
-        """Send a frame, in ``part`` frames if it is over ``CHAT_MAX_FRAME_BYTES``.
+    async def send_loop(self) -> None:
+        """Run the delivery; if it fails, close the socket rather than leave it half-alive."""
+        try:
+            await self.delivery.run()
+        except SlowReader:
+            logger.info("Closing a socket that read nothing for a full send window")
+            await self.close(code=CLOSE_NOT_READING)
+        except Exception:
+            logger.exception("Sending to a chat socket failed; closing it")
+            await self.close(code=CLOSE_SERVER_ERROR)
+        else:
+            if self.logged_out:
+                await self.delivery.send_frame(error_frame("not_authenticated", "You logged out."))
+                await self.close(code=CLOSE_NOT_AUTHENTICATED)
 
-        Between the parts of a large frame (a long history) the send window is
-        honoured as between frames: a page that reads nothing is not sent the rest.
-        """
-        texts = frame_texts(frame, limit=conf.CHAT_MAX_FRAME_BYTES)
-        if len(texts) == 1:
-            self.window.sent += len(texts[0])
-            await self.send(text_data=texts[0])
-            return
-        for text in texts:
-            self.window.sent += len(text)
-            await self.send(text_data=text)
-            await self.ping_if_due()
-            if self.window.full and not await self.wait_for_reader():
-                raise SlowReader
+    def end_session(self) -> None:
+        """The session logged out (``chat.auth``): the sender tells the page, then closes."""
+        self.logged_out = True
+        self.delivery.stop()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.owner is None or self.flooded:
@@ -138,7 +127,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             frame = parse_client_frame(text_data, max_chars=conf.CHAT_MAX_MESSAGE_CHARS)
         except ClientError as error:
             frame = error
-        if isinstance(frame, Pong) and self.window.confirm(frame.nonce):
+        if isinstance(frame, Pong) and self.delivery.window.confirm(frame.nonce):
             return  # the echo of our own ping (one per ping): not a request, not budgeted
         if not self.bucket.take():
             if self.bucket.abusive and not self.flooded:
@@ -147,7 +136,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.close(code=CLOSE_TOO_MANY_FRAMES)
             elif self.bucket.refused == 1:  # once a burst: refusals cost nothing more
                 detail = f"Too many frames: at most {conf.CHAT_FRAMES_PER_SECOND:g} a second."
-                await self.send_frame(error_frame("slow_down", detail))
+                await self.delivery.send_frame(error_frame("slow_down", detail))
             return
         try:
             if isinstance(frame, ClientError):
@@ -156,20 +145,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 raise SessionEnded("Your session ended (logged out): log in again to chat.")
             await self.handle(frame)
         except ClientError as error:
-            await self.send_frame(error_frame(error.code, error.detail))
+            await self.delivery.send_frame(error_frame(error.code, error.detail))
         except SessionEnded as error:
-            await self.send_frame(error_frame(error.code, error.detail))
+            await self.delivery.send_frame(error_frame(error.code, error.detail))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
-
-    def end_session(self) -> None:
-        """The session logged out (``chat.auth``): the sender tells the page, then closes."""
-        self.ending = True
-        self.wake.set()
 
     async def handle(self, frame: ClientFrame) -> None:
         assert self.owner is not None
         if isinstance(frame, Watch | Switch):
-            if self.window.full:
+            if self.delivery.window.full:
                 # A history costs a whole conversation; this socket has not read the last one.
                 raise ClientError("slow_down", "The page has not read what it was sent yet.")
             if not histories.take(self.owner.key, conf.CHAT_HISTORIES_PER_MINUTE):
@@ -182,7 +166,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             conversation = await store.switch_branch(self.owner, frame.message)
             await self.show_conversation(conversation)
         elif isinstance(frame, Stop):
-            await self.stop_answer(frame)
+            await turns.stop(self.owner, frame.message)
         elif isinstance(frame, Watch):
             await self.show_conversation(frame.conversation)
         elif isinstance(frame, Pong):  # the nonce was no ping of ours (receive took the rest)
@@ -191,68 +175,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     # Client frames ---------------------------------------------------------
 
     async def start_turn(self, frame: Send | Edit | Regenerate) -> None:
-        """Store the turn the frame asks for and start its answer."""
+        """Store the turn the frame asks for, show its conversation here, start its answer."""
         assert self.owner is not None
         config = self.upstream_config()
-        options = {"model": config.model, "system_prompt": conf.CHAT_SYSTEM_PROMPT}
-        try:
-            turn = await self.store_turn(frame, options)
-        except ConversationBusy as busy:
-            # The answer in the way may have lost its process (killed): if no
-            # process runs it, it is marked interrupted now and the turn goes ahead.
-            if not await self.interrupt_if_orphaned(busy.message_id):
-                raise
-            turn = await self.store_turn(frame, options)
-        conversation_id = turn.conversation.id
-        await self.watch(conversation_id)
-        self.shown = conversation_id  # the store checked the owner
+        turn = await turns.store_turn(self.owner, frame, config)
+        await self.watch(turn.conversation.id)
+        self.delivery.shown = turn.conversation.id  # the store checked the owner
         if turn.created:
-            self.deliver(
+            self.delivery.deliver(
                 {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
             )
-        generation = Generation(
-            message_id=turn.assistant_message.id,
-            conversation_id=conversation_id,
-            owner_key=self.owner.key,
-            history=turn.history,
-            config=config,
-            budget=turn.budget,
-            title_after=turn.created,
-        )
-        # Known before its first frame, so that another process's interest in it,
-        # which that frame may prompt, finds it.
-        registry.register(generation)
-        try:
-            # Published, so that every tab on this conversation sees the new turn.
-            for message in (turn.user_message, turn.assistant_message):
-                if message is not None:
-                    payload = message_payload(message, versions=turn.versions[message.id])
-                    await generation.publish({"type": "message", "message": payload})
-        except BaseException:
-            registry.unregister(generation)
-            raise
-        registry.start(generation)
-
-    async def store_turn(self, frame: Send | Edit | Regenerate, options: dict[str, Any]) -> Any:
-        assert self.owner is not None
-        if isinstance(frame, Send):
-            return await store.start_turn(
-                self.owner, frame.conversation, frame.content, parent_id=frame.parent, **options
-            )
-        if isinstance(frame, Edit):
-            return await store.edit_turn(self.owner, frame.message, frame.content, **options)
-        return await store.regenerate_turn(self.owner, frame.message, **options)
-
-    async def interrupt_if_orphaned(self, message_id: uuid.UUID) -> bool:
-        """Mark a ``streaming`` answer that no process runs ``interrupted``; True if it was."""
-        message = await store.load_message_anyones(message_id)
-        if message is None or message.status != Message.Statuses.STREAMING:
-            return message is not None  # it ended meanwhile: the turn can go ahead
-        if registry.get(message_id) is not None:
-            return False
-        if await hub.ask(message.conversation_id, {"action": "alive", "message": str(message_id)}):
-            return False
-        return await interrupt_orphan(message_id)
+        await turns.launch(turn, self.owner, config)
 
     def upstream_config(self) -> UpstreamConfig:
         if not conf.demo_mode:
@@ -265,31 +198,13 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             )
         return UpstreamConfig.from_settings(base_url=base_url)
 
-    async def stop_answer(self, frame: Stop) -> None:
-        assert self.owner is not None
-        generation = registry.get(frame.message)
-        if generation is not None and generation.owner_key == self.owner.key:
-            generation.stop("user")
-            return
-        message = await store.load_message(self.owner, frame.message)
-        if message is None:
-            raise ClientError("not_found", "No such message.")
-        # Running in another process: the one that runs it answers.
-        streaming = message.status == Message.Statuses.STREAMING
-        if streaming and await stop_anywhere(message.id, message.conversation_id, "user"):
-            return
-        # No process runs it (its process died): it ends now, not at the next sweep.
-        if streaming and await interrupt_orphan(message.id):
-            return
-        raise ClientError("not_running", "That answer is not being written any more.")
-
     async def show_conversation(self, conversation_id: uuid.UUID) -> None:
         """Send the history, then the live frames of its running answer, if any."""
         assert self.owner is not None
         # Watch before reading, and hold the frames that arrive meanwhile: once
         # the history is ready they are sent after it, trimmed by ``index`` to
-        # what the history does not already contain.
-        self.holding = True
+        # what the history does not already contain. Reading it checks the owner.
+        self.delivery.holding = True
         try:
             await self.watch(conversation_id)
             try:
@@ -297,57 +212,46 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             except ClientError:
                 await self.unwatch(on_disconnect=False)
                 raise
-            self.shown = conversation_id
             if (running := registry.running_in(conversation_id)) is not None:
                 running.answer.note("client_watching")
             messages = transcript.path
             for message in messages:
                 if message.status == Message.Statuses.STREAMING:
-                    message.content, message.reasoning = await self.text_so_far(message)
+                    message.content, message.reasoning = await turns.text_so_far(message)
             rendered = await _render_all(messages)
-            self.positions.clear()
-            self.finished.clear()
+            streaming: dict[str, tuple[int, int, int]] = {}
+            finished: list[str] = []
             payloads: list[dict[str, Any]] = []
             for message, (html, end) in zip(messages, rendered, strict=True):
-                mid = str(message.id)
                 if message.status == Message.Statuses.STREAMING:
-                    for key, length in zip(
-                        _keys(mid), (len(message.content), len(message.reasoning), end), strict=True
-                    ):
-                        self.positions[key] = length
+                    lengths = (len(message.content), len(message.reasoning), end)
+                    streaming[str(message.id)] = lengths
                 else:
-                    self.finished.add(mid)
+                    finished.append(str(message.id))
+                versions = transcript.versions[message.id]
                 payloads.append(
-                    message_payload(
-                        message, html=html, rendered=end, versions=transcript.versions[message.id]
-                    )
+                    message_payload(message, html=html, rendered=end, versions=versions)
                 )
             history = {
                 "type": "history",
                 "conversation": conversation_payload(transcript.conversation),
                 "messages": payloads,
             }
-            # Before every frame held meanwhile; a history not sent yet is stale now.
-            stale = [frame for frame in self.outbox if frame["type"] == "history"]
-            for frame in stale:
-                self.outbox.remove(frame)
-            self.outbox.appendleft(history)
+            self.delivery.show_history(
+                conversation_id, history, running=streaming, finished=finished
+            )
         finally:
-            self.holding = False
-            self.wake.set()
+            self.delivery.holding = False
+            self.delivery.wake.set()
 
-    async def text_so_far(self, message: Message) -> tuple[str, str]:
-        """A running answer's exact text now: from its process, else the last checkpoint."""
-        running = registry.get(message.id)
+    async def current_text(self, message_id: uuid.UUID) -> str:
+        """An answer's exact text now, for a gap in what this socket was sent."""
+        running = registry.get(message_id)
         if running is not None:
-            return running.text, running.reasoning
-        if message.status != Message.Statuses.STREAMING:
-            return message.content, message.reasoning
-        request = {"action": "snapshot", "message": str(message.id)}
-        reply = await hub.ask(message.conversation_id, request)
-        if reply is not None:
-            return str(reply["text"]), str(reply["reasoning"])
-        return message.content, message.reasoning
+            return running.text
+        assert self.owner is not None
+        stored = await store.load_message(self.owner, message_id)
+        return (await turns.text_so_far(stored))[0] if stored is not None else ""
 
     # Watching ---------------------------------------------------------------
 
@@ -357,140 +261,16 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if self.watching is not None:
             await self.unwatch(on_disconnect=False)
         self.watching = conversation_id
-        self.shown = None  # until its owner is checked
-        self.positions.clear()
-        self.finished.clear()
-        await hub.subscribe(conversation_id, self)
+        self.delivery.show_nothing()  # until its owner is checked
+        await hub.subscribe(conversation_id, self.delivery)
 
     async def unwatch(self, *, on_disconnect: bool) -> None:
-        conversation_id, self.watching, self.shown = self.watching, None, None
+        conversation_id, self.watching = self.watching, None
+        self.delivery.shown = None
         if conversation_id is None:
             return
-        if await hub.unsubscribe(conversation_id, self) == 0 and on_disconnect:
+        if await hub.unsubscribe(conversation_id, self.delivery) == 0 and on_disconnect:
             registry.abandoned(conversation_id)
-
-    def deliver(self, frame: Frame) -> None:
-        """Queue a frame for this socket (called by the fan-out; never blocks)."""
-        self.outbox.append(frame)
-        self.wake.set()
-
-    async def send_loop(self) -> None:
-        """Drain the outbox; if sending fails, close the socket rather than leave it half-alive."""
-        try:
-            await self.drain()
-        except SlowReader:
-            logger.info("Closing a socket that read nothing for a full send window")
-            await self.close(code=CLOSE_NOT_READING)
-        except Exception:
-            logger.exception("Sending to a chat socket failed; closing it")
-            await self.close(code=CLOSE_SERVER_ERROR)
-
-    async def drain(self) -> None:
-        """Send the outbox in order; what piled up meanwhile goes out as fewer frames."""
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if self.ending:
-                await self.send_frame(error_frame("not_authenticated", "You logged out."))
-                await self.close(code=CLOSE_NOT_AUTHENTICATED)
-                return
-            while self.outbox and not self.holding:
-                frames = list(self.outbox)
-                self.outbox.clear()
-                for frame in coalesce(frames):
-                    await self.forward(frame)
-                await self.ping_if_due()
-                if self.window.full and not await self.wait_for_reader():
-                    raise SlowReader
-
-    async def ping_if_due(self) -> None:
-        nonce = self.window.ping()
-        if nonce is not None:
-            # Not counted in the window: a ping is tiny, and counting it would make it due again.
-            await self.send(text_data=dumps({"type": "ping", "nonce": nonce}))
-
-    async def wait_for_reader(self) -> bool:
-        """Hold further frames until the page proves it read; False if it does not in time.
-
-        The ping that covers everything sent went out just before (``ping_if_due``).
-        """
-        try:
-            async with asyncio.timeout(conf.CHAT_SLOW_CLIENT_TIMEOUT):
-                while self.window.full:
-                    self.window.moved.clear()
-                    await self.window.moved.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def forward(self, frame: Frame) -> None:
-        """Send one frame if it is ours to show, trimmed to what this socket lacks."""
-        kind = frame["type"]
-        conversation = conversation_of(frame)
-        if conversation is not None and conversation != str(self.shown):
-            return  # of a conversation this socket does not show (or not yet: unchecked)
-        if kind == "delta" or kind == "reasoning":
-            key = frame["message"] if kind == "delta" else frame["message"] + ":r"
-            have = self.positions.get(key)
-            if have is None:
-                return  # an answer of a conversation this socket no longer shows
-            index, text = frame["index"], frame["text"]
-            end = index + len(text)
-            if end <= have:
-                return  # already sent (in the history, or a duplicate)
-            if index > have and kind == "delta":
-                have = await self.resync(frame["message"], have)
-                if end <= have:
-                    return
-                if index > have:
-                    return  # still a gap: never show text out of place; ``done`` fills it
-            if index < have:
-                frame = {**frame, "index": have, "text": text[have - index :]}
-            self.positions[key] = end
-        elif kind == "html":
-            key = frame["message"] + ":h"
-            if self.positions.get(key) != frame["index"]:
-                return  # not shown here, already in the history, or after a gap
-            self.positions[key] = frame["end"]
-        elif kind == "message":
-            message = frame["message"]
-            if message["status"] == "streaming":
-                for key in _keys(message["id"]):
-                    self.positions.setdefault(key, 0)
-        elif kind == "done":
-            mid = frame["message"]
-            if mid in self.finished:
-                return
-            if mid in self.positions and self.positions[mid] < frame["length"]:
-                await self.resync(mid, self.positions[mid])
-            self.finished.add(mid)
-            for key in _keys(mid):
-                self.positions.pop(key, None)
-        await self.send_frame(frame)
-
-    async def resync(self, message_id: str, have: int) -> int:
-        """Send what this socket missed of an answer; return its new position."""
-        running = registry.get(uuid.UUID(message_id))
-        if running is not None:
-            text = running.text
-        else:
-            assert self.owner is not None
-            stored = await store.load_message(self.owner, uuid.UUID(message_id))
-            text = (await self.text_so_far(stored))[0] if stored is not None else ""
-        if len(text) > have:
-            await self.send_frame(
-                {"type": "delta", "message": message_id, "index": have, "text": text[have:]}
-            )
-            have = len(text)
-        else:
-            logger.info("Cannot fill a gap in message %s at %d yet", message_id, have)
-        self.positions[message_id] = have
-        return have
-
-
-def _keys(message_id: str) -> tuple[str, str, str]:
-    """The ``positions`` keys of an answer's text, reasoning and HTML."""
-    return message_id, message_id + ":r", message_id + ":h"
 
 
 async def _render_all(messages: list[Message]) -> list[tuple[str, int]]:

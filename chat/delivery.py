@@ -1,0 +1,228 @@
+"""One socket's delivery: each character of an answer once, in order, in as few frames as fit.
+
+Frames of the conversation a socket shows reach its ``Delivery`` through the
+fan-out (``deliver``, which only queues). Its own task (``run``) drains the
+queue in order: it merges what piled up, drops by ``index`` what the socket
+already has, fills a gap from the answer's exact text, paces the socket by its
+send window (the page must echo pings), and cuts frames over the size bound
+into ``part`` frames. It knows nothing of websockets or consumers: a test
+drives it with a list as its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from chat.fanout import Frame
+from chat.limits import SendWindow
+from chat.protocol import coalesce, conversation_of, dumps, frame_texts
+
+logger = logging.getLogger(__name__)
+
+#: Sends one websocket text message.
+Send = Callable[[str], Awaitable[None]]
+#: An answer's exact text now (from its process, else the last checkpoint); "" if unknown.
+TextOf = Callable[[uuid.UUID], Awaitable[str]]
+
+
+class SlowReader(Exception):
+    """Raised when the page read nothing for ``slow_timeout`` seconds with a full window."""
+
+
+def keys(message_id: str) -> tuple[str, str, str]:
+    """The ``positions`` keys of an answer's text, reasoning and HTML."""
+    return message_id, message_id + ":r", message_id + ":h"
+
+
+class Delivery:
+    """What one socket is sent, and when."""
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        text_of: TextOf,
+        window: int,
+        slow_timeout: float,
+        frame_limit: int,
+    ) -> None:
+        self._send = send
+        self._text_of = text_of
+        self.window = SendWindow(window)
+        self.slow_timeout = slow_timeout
+        self.frame_limit = frame_limit
+        #: Code points of each answer this socket already has: its text, its
+        #: reasoning and its HTML, under the keys ``keys`` gives.
+        self.positions: dict[str, int] = {}
+        self.finished: set[str] = set()
+        #: The conversation this socket may show, once its owner was checked:
+        #: frames of any other conversation are dropped, whatever their kind.
+        self.shown: uuid.UUID | None = None
+        self.outbox: deque[Frame] = deque()
+        self.wake = asyncio.Event()
+        self.holding = False  # while a history is prepared, frames wait in the outbox
+        self.stopping = False
+
+    # Fed by the fan-out and by the socket --------------------------------------
+
+    def deliver(self, frame: Frame) -> None:
+        """Queue a frame for this socket (called by the fan-out; never blocks)."""
+        self.outbox.append(frame)
+        self.wake.set()
+
+    def show_nothing(self) -> None:
+        """Forget every answer: the socket moves to another conversation (not shown yet)."""
+        self.shown = None
+        self.positions.clear()
+        self.finished.clear()
+
+    def show_history(
+        self,
+        conversation_id: uuid.UUID,
+        history: dict[str, Any],
+        *,
+        running: dict[str, tuple[int, int, int]],
+        finished: list[str],
+    ) -> None:
+        """Send ``history`` before every frame held meanwhile, then those trimmed to follow it.
+
+        ``running`` gives, for each answer still being written, the lengths of
+        its text, reasoning and HTML that the history holds.
+        """
+        self.shown = conversation_id
+        self.positions.clear()
+        self.finished.clear()
+        for mid, lengths in running.items():
+            for key, length in zip(keys(mid), lengths, strict=True):
+                self.positions[key] = length
+        self.finished.update(finished)
+        # A history not sent yet is stale now.
+        for frame in [frame for frame in self.outbox if frame["type"] == "history"]:
+            self.outbox.remove(frame)
+        self.outbox.appendleft(history)
+
+    def stop(self) -> None:
+        """Make ``run`` return once it wakes (the socket is about to close)."""
+        self.stopping = True
+        self.wake.set()
+
+    # The socket's own task --------------------------------------------------
+
+    async def run(self) -> None:
+        """Send the outbox in order until ``stop``; raises ``SlowReader`` for a page that
+        stopped reading, and whatever sending raised."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.stopping:
+                return
+            while self.outbox and not self.holding:
+                frames = list(self.outbox)
+                self.outbox.clear()
+                for frame in coalesce(frames):
+                    await self.forward(frame)
+                await self._pace()
+
+    async def send_frame(self, frame: Any) -> None:
+        """Send a frame, in ``part`` frames if it is over ``frame_limit``.
+
+        Between the parts of a large frame (a long history) the send window is
+        honoured as between frames: a page that reads nothing is not sent the rest.
+        """
+        texts = frame_texts(frame, limit=self.frame_limit)
+        if len(texts) == 1:
+            self.window.sent += len(texts[0])
+            await self._send(texts[0])
+            return
+        for text in texts:
+            self.window.sent += len(text)
+            await self._send(text)
+            await self._pace()
+
+    async def forward(self, frame: Frame) -> None:
+        """Send one frame if it is ours to show, trimmed to what this socket lacks."""
+        kind = frame["type"]
+        conversation = conversation_of(frame)
+        if conversation is not None and conversation != str(self.shown):
+            return  # of a conversation this socket does not show (or not yet: unchecked)
+        if kind == "delta" or kind == "reasoning":
+            key = frame["message"] if kind == "delta" else frame["message"] + ":r"
+            have = self.positions.get(key)
+            if have is None:
+                return  # an answer of a conversation this socket no longer shows
+            index, text = frame["index"], frame["text"]
+            end = index + len(text)
+            if end <= have:
+                return  # already sent (in the history, or a duplicate)
+            if index > have and kind == "delta":
+                have = await self.resync(frame["message"], have)
+                if end <= have:
+                    return
+                if index > have:
+                    return  # still a gap: never show text out of place; ``done`` fills it
+            if index < have:
+                frame = {**frame, "index": have, "text": text[have - index :]}
+            self.positions[key] = end
+        elif kind == "html":
+            key = frame["message"] + ":h"
+            if self.positions.get(key) != frame["index"]:
+                return  # not shown here, already in the history, or after a gap
+            self.positions[key] = frame["end"]
+        elif kind == "message":
+            message = frame["message"]
+            if message["status"] == "streaming":
+                for key in keys(message["id"]):
+                    self.positions.setdefault(key, 0)
+        elif kind == "done":
+            mid = frame["message"]
+            if mid in self.finished:
+                return
+            if mid in self.positions and self.positions[mid] < frame["length"]:
+                await self.resync(mid, self.positions[mid])
+            self.finished.add(mid)
+            for key in keys(mid):
+                self.positions.pop(key, None)
+        await self.send_frame(frame)
+
+    async def resync(self, message_id: str, have: int) -> int:
+        """Send what this socket missed of an answer; return its new position."""
+        text = await self._text_of(uuid.UUID(message_id))
+        if len(text) > have:
+            await self.send_frame(
+                {"type": "delta", "message": message_id, "index": have, "text": text[have:]}
+            )
+            have = len(text)
+        else:
+            logger.info("Cannot fill a gap in message %s at %d yet", message_id, have)
+        self.positions[message_id] = have
+        return have
+
+    # Flow control -------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        """Ping when due; with a full window, wait for the page's echo (or give up)."""
+        nonce = self.window.ping()
+        if nonce is not None:
+            # Not counted in the window: a ping is tiny, and counting it would make it due again.
+            await self._send(dumps({"type": "ping", "nonce": nonce}))
+        if self.window.full and not await self._wait_for_reader():
+            raise SlowReader
+
+    async def _wait_for_reader(self) -> bool:
+        """Hold further frames until the page proves it read; False if it does not in time.
+
+        The ping that covers everything sent went out just before (``_pace``).
+        """
+        try:
+            async with asyncio.timeout(self.slow_timeout):
+                while self.window.full:
+                    self.window.moved.clear()
+                    await self.window.moved.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,120 @@
+"""A turn's start and an answer's stop, apart from any socket.
+
+``store_turn`` stores what a ``send``, ``edit`` or ``regenerate`` asks (an
+answer whose process died, found in the way, is ended first); ``launch``
+starts its generation and tells the conversation's watchers of the new
+messages; ``stop`` reaches the answer wherever it runs, and ends it at once if
+nothing runs it any more.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from chat import store
+from chat.conf import conf
+from chat.exceptions import ClientError, ConversationBusy
+from chat.fanout import hub
+from chat.generation import Generation, registry, stop_anywhere
+from chat.models import Message, Owner
+from chat.protocol import Edit, Regenerate, Send, message_payload
+from chat.store import Turn
+from chat.sweep import interrupt_orphan
+from chat.upstream import UpstreamConfig
+
+Asked = Send | Edit | Regenerate
+
+
+async def store_turn(owner: Owner, frame: Asked, config: UpstreamConfig) -> Turn:
+    """Store the turn ``frame`` asks for: the question (unless regenerated) and an empty answer."""
+    try:
+        return await _store(owner, frame, config)
+    except ConversationBusy as busy:
+        # The answer in the way may have lost its process (killed): if no
+        # process runs it, it is marked interrupted now and the turn goes ahead.
+        if not await interrupt_if_orphaned(busy.message_id):
+            raise
+        return await _store(owner, frame, config)
+
+
+async def _store(owner: Owner, frame: Asked, config: UpstreamConfig) -> Turn:
+    options = {"model": config.model, "system_prompt": conf.CHAT_SYSTEM_PROMPT}
+    if isinstance(frame, Send):
+        return await store.start_turn(
+            owner, frame.conversation, frame.content, parent_id=frame.parent, **options
+        )
+    if isinstance(frame, Edit):
+        return await store.edit_turn(owner, frame.message, frame.content, **options)
+    return await store.regenerate_turn(owner, frame.message, **options)
+
+
+async def launch(turn: Turn, owner: Owner, config: UpstreamConfig) -> Generation:
+    """Start the turn's answer; its messages go to every tab on the conversation first."""
+    generation = Generation(
+        message_id=turn.assistant_message.id,
+        conversation_id=turn.conversation.id,
+        owner_key=owner.key,
+        history=turn.history,
+        config=config,
+        budget=turn.budget,
+        title_after=turn.created,
+    )
+    # Known before its first frame, so that another process's interest in it,
+    # which that frame may prompt, finds it.
+    registry.register(generation)
+    try:
+        for message in (turn.user_message, turn.assistant_message):
+            if message is not None:
+                payload = message_payload(message, versions=turn.versions[message.id])
+                await generation.publish({"type": "message", "message": payload})
+    except BaseException:
+        registry.unregister(generation)
+        raise
+    registry.start(generation)
+    return generation
+
+
+async def stop(owner: Owner, message_id: uuid.UUID) -> None:
+    """Stop ``owner``'s answer in whichever process writes it; raises ``ClientError`` if none."""
+    generation = registry.get(message_id)
+    if generation is not None and generation.owner_key == owner.key:
+        generation.stop("user")
+        return
+    message = await store.load_message(owner, message_id)
+    if message is None:
+        raise ClientError("not_found", "No such message.")
+    # Running in another process: the one that runs it answers.
+    streaming = message.status == Message.Statuses.STREAMING
+    if streaming and await stop_anywhere(message.id, message.conversation_id, "user"):
+        return
+    # No process runs it (its process died): it ends now, not at the next sweep.
+    if streaming and await interrupt_orphan(message.id):
+        return
+    raise ClientError("not_running", "That answer is not being written any more.")
+
+
+async def interrupt_if_orphaned(message_id: uuid.UUID) -> bool:
+    """Mark a ``streaming`` answer that no process runs ``interrupted``; True if it was
+    (or if it ended meanwhile: either way the turn can go ahead)."""
+    message = await store.load_message_anyones(message_id)
+    if message is None or message.status != Message.Statuses.STREAMING:
+        return message is not None
+    if registry.get(message_id) is not None:
+        return False
+    if await hub.ask(message.conversation_id, {"action": "alive", "message": str(message_id)}):
+        return False
+    return await interrupt_orphan(message_id)
+
+
+async def text_so_far(message: Message) -> tuple[str, str]:
+    """A running answer's exact text and reasoning now: from its process, else the checkpoint."""
+    running = registry.get(message.id)
+    if running is not None:
+        return running.text, running.reasoning
+    if message.status != Message.Statuses.STREAMING:
+        return message.content, message.reasoning
+    request = {"action": "snapshot", "message": str(message.id)}
+    reply = await hub.ask(message.conversation_id, request)
+    if reply is not None:
+        return str(reply["text"]), str(reply["reasoning"])
+    return message.content, message.reasoning
