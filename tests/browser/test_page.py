@@ -75,7 +75,9 @@ async def test_stop_keeps_the_partial_answer_marked_stopped(chat: Any) -> None:
     await expect(chat.locator("#send")).to_be_visible()
     await chat.reload()
     await finished(chat, "stopped")
-    assert (await last_answer(chat).locator(".chat-body").inner_text()).startswith(kept[:40])
+    # Waited for, not read once: a message is rendered once it is on screen
+    # (content-visibility), a frame after the history is shown.
+    await expect(last_answer(chat).locator(".chat-body")).to_contain_text(kept[:40])
 
 
 async def test_history_survives_a_reload_and_conversations_can_be_switched(chat: Any) -> None:
@@ -183,6 +185,8 @@ async def test_an_answer_cut_by_a_server_restart_shows_as_interrupted(
     with daphne(env, port=port):
         await finished(chat, "interrupted")
         await expect(last_answer(chat).locator(".chat-status")).to_contain_text("Interrupted")
-        kept = await last_answer(chat).locator(".chat-body").inner_text()
         # Nothing the person saw was lost (it was raw Markdown then, rendered now).
-        assert kept.startswith(re.sub(r"[*`]", "", shown).rstrip())
+        seen = re.sub(r"[*`]", "", shown).rstrip()
+        body = last_answer(chat).locator(".chat-body")
+        await expect(body).to_contain_text(seen[:20])  # rendered once on screen
+        assert (await body.inner_text()).startswith(seen)

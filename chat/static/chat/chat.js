@@ -459,7 +459,7 @@
   }
 
   function copyCode(button) {
-    copyText(button.parentNode.querySelector("pre").innerText, button);
+    copyText(button.parentNode.querySelector("pre").textContent, button);
   }
 
   function copyAnswer(entry, button) {
