@@ -330,9 +330,11 @@ class StreamingAnswerAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[typ
 
     @admin.action(description="Stop the selected answers now", permissions=["stop"])
     def stop_answers(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        by = f"staff:{request.user.get_username()}"
+        by = request.user.get_username()
         answers = list(queryset)
-        stopped = sum(async_to_sync(stop_anywhere)(m.id, m.conversation_id, by) for m in answers)
+        stopped = sum(
+            async_to_sync(stop_anywhere)(m.id, m.conversation_id, "staff", by=by) for m in answers
+        )
         self.message_user(request, f"Stopped {stopped} of {len(answers)} answers.")
 
 

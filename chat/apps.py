@@ -10,5 +10,9 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import auth, checks  # noqa: F401  (checks registers the system checks)
+        from chat.fanout import hub
+        from chat.generation import registry
 
         auth.connect_signals()
+        # Other processes' questions about the answers this one runs.
+        hub.control_handler = registry.handle_control

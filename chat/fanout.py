@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from chat import control
 from chat.protocol import coalesce
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ Frame = Mapping[str, Any]
 PUBLISHERS = 8
 #: Waits before each new try of a send that failed; then the batch is dropped.
 RETRY_DELAYS = (0.1, 0.5, 2.0)
-ControlHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
+ControlHandler = Callable[[control.Request], Awaitable[control.Reply | None]]
 
 
 class Watcher(Protocol):
@@ -64,7 +65,7 @@ class Remote:
         self.layer = layer
         self.origin = uuid.uuid4().hex
         self.channel = ""
-        self.replies: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
+        self.replies: dict[str, asyncio.Future[control.Reply | None]] = {}
         self.task: asyncio.Task[None] | None = None
         # Frames waiting to go out, by conversation, and the conversations whose
         # frames are being sent now: one send at a time per conversation keeps
@@ -181,9 +182,7 @@ class Remote:
                 # An answer started elsewhere: ask for its deltas, we have watchers.
                 await self.send(conversation_id, "chat.interest")
         elif kind == "chat.interest" and self.hub.control_handler is not None:
-            await self.hub.control_handler(
-                {"action": "interest", "conversation": str(conversation_id)}
-            )
+            await self.hub.control_handler(control.interest(conversation_id))
         elif kind == "chat.control" and self.hub.control_handler is not None:
             body = await self.hub.control_handler(message["body"])
             if body is not None and message.get("reply_to"):
@@ -199,11 +198,11 @@ class Remote:
         )
 
     async def ask(
-        self, conversation_id: uuid.UUID, body: Mapping[str, Any], timeout: float
-    ) -> Mapping[str, Any] | None:
+        self, conversation_id: uuid.UUID, body: control.Request, timeout: float
+    ) -> control.Reply | None:
         """Send a control message; return the first process's reply, or None in time."""
         request = uuid.uuid4().hex
-        future: asyncio.Future[Mapping[str, Any] | None]
+        future: asyncio.Future[control.Reply | None]
         future = self.replies[request] = asyncio.get_running_loop().create_future()
         try:
             await self.send(
@@ -226,7 +225,8 @@ class Hub:
         self._remote: Remote | None = None
         self._started = False
         self._starting: asyncio.Lock | None = None
-        #: Answers control messages from other processes (set by chat.generation).
+        #: Answers control messages from other processes (the registry, set at startup:
+        #: ``ChatConfig.ready``).
         self.control_handler: ControlHandler | None = None
 
     async def remote(self) -> Remote | None:
@@ -288,8 +288,8 @@ class Hub:
                 await link.flushed(conversation_id)
 
     async def ask(
-        self, conversation_id: uuid.UUID, body: Mapping[str, Any], *, timeout: float = 1.0
-    ) -> Mapping[str, Any] | None:
+        self, conversation_id: uuid.UUID, body: control.Request, *, timeout: float = 1.0
+    ) -> control.Reply | None:
         """Ask the other processes (the one running an answer answers); None if none did."""
         remote = await self.remote()
         if remote is None:

@@ -19,16 +19,18 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from chat import store
+from chat import control, store
 from chat.conf import conf
 from chat.exceptions import ChatError, ServerError, UpstreamError
 from chat.fanout import Frame, hub
 from chat.protocol import (
+    STOPPED,
     DeltaFrame,
     ErrorInfo,
     FinalStatus,
     HtmlFrame,
     ReasoningFrame,
+    StopReason,
     done_frame,
 )
 from chat.rendering import BlockSplitter, render_block, render_markdown
@@ -38,20 +40,6 @@ from chat.upstream import Answer, UpstreamConfig, stream_answer
 from chat.usage import Usage, estimate_prompt, estimate_tokens_of_length
 
 logger = logging.getLogger(__name__)
-
-#: Who or what stopped an answer: the user, their page closing, their budget, or staff.
-StopReason = str
-
-STOP_ERRORS: dict[str, ErrorInfo] = {
-    "disconnected": {
-        "code": "client_disconnected",
-        "detail": "Stopped because the last page showing this answer was closed.",
-    },
-    "budget": {
-        "code": "budget_exhausted",
-        "detail": "Your daily token budget ran out: the answer was cut off here.",
-    },
-}
 
 
 async def render(text: str) -> str:
@@ -114,11 +102,14 @@ class Generation:
     def reasoning(self) -> str:
         return "".join(self._reasoning)
 
-    def stop(self, reason: StopReason = "user") -> None:
-        """Close the upstream now; the partial answer is saved as ``stopped``."""
+    def stop(self, reason: StopReason = "user", *, by: str = "") -> None:
+        """Close the upstream now; the partial answer is saved as ``stopped``.
+
+        ``by`` names who, for the timeline (a staff member's username).
+        """
         if self.stop_reason is not None:
             return
-        self.answer.note("stop_requested", by=reason)
+        self.answer.note("stop_requested", by=f"{reason}:{by}" if by else reason)
         if self._pump is None:  # not started yet: run() will not even open the request
             self.stop_reason = reason
         elif not self._pump.done():
@@ -267,10 +258,8 @@ class Generation:
         )
         if error is not None:
             logger.warning("Answer %s failed: %s: %s", self.message_id, error.code, error.detail)
-        if status == "stopped" and self.stop_reason in STOP_ERRORS:
-            error_info = STOP_ERRORS[self.stop_reason]
-        elif status == "stopped" and (self.stop_reason or "").startswith("staff:"):
-            error_info = {"code": "stopped_by_staff", "detail": "Stopped by the site's staff."}
+        if status == "stopped" and self.stop_reason is not None:
+            error_info = STOPPED[self.stop_reason]
         text = self.text
         answer = self.answer
         if answer.accepted:
@@ -425,24 +414,22 @@ class Registry:
     def running_ids(self) -> list[uuid.UUID]:
         return list(self._by_message)
 
-    async def handle_control(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    async def handle_control(self, request: control.Request) -> control.Reply | None:
         """Answer another process about an answer running here; None if it is not ours."""
-        if body.get("action") == "interest":
-            running = self.running_in(uuid.UUID(body["conversation"]))
+        if request["action"] == "interest":
+            running = self.running_in(uuid.UUID(request["conversation"]))
             if running is not None:
                 running.shared = True
             return None
-        generation = self.get(uuid.UUID(body["message"]))
+        generation = self.get(uuid.UUID(request["message"]))
         if generation is None:
             return None
-        if body.get("action") == "stop":
-            generation.stop(str(body.get("by", "user")))
+        if request["action"] == "stop":
+            generation.stop(request["reason"], by=request["by"])
             return {"stopped": True}
-        if body.get("action") == "snapshot":
+        if request["action"] == "snapshot":
             return {"text": generation.text, "reasoning": generation.reasoning}
-        if body.get("action") == "alive":
-            return {"alive": True}
-        return None
+        return {"alive": True}
 
     def running_in(self, conversation_id: uuid.UUID) -> Generation | None:
         return self._by_conversation.get(conversation_id)
@@ -470,14 +457,14 @@ class Registry:
 
 
 registry = Registry()
-hub.control_handler = registry.handle_control
 
 
-async def stop_anywhere(message_id: uuid.UUID, conversation_id: uuid.UUID, by: StopReason) -> bool:
+async def stop_anywhere(
+    message_id: uuid.UUID, conversation_id: uuid.UUID, reason: StopReason, *, by: str = ""
+) -> bool:
     """Stop an answer in whichever process runs it; False if no process does."""
     generation = registry.get(message_id)
     if generation is not None:
-        generation.stop(by)
+        generation.stop(reason, by=by)
         return True
-    request = {"action": "stop", "message": str(message_id), "by": by}
-    return await hub.ask(conversation_id, request) is not None
+    return await hub.ask(conversation_id, control.stop(message_id, reason, by)) is not None

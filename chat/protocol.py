@@ -149,6 +149,8 @@ def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:
 # Server -> client -----------------------------------------------------------
 
 FinalStatus = Literal["complete", "stopped", "failed", "interrupted"]
+#: Who or what stopped an answer: the user, their page closing, their budget, or staff.
+StopReason = Literal["user", "disconnected", "budget", "staff"]
 
 
 class ErrorInfo(TypedDict):
@@ -204,6 +206,27 @@ class ErrorFrame(TypedDict):
     type: Literal["error"]
     code: str
     detail: str
+
+
+#: The error a stopped answer ends with, by who or what stopped it (a user's own stop: none).
+STOPPED: dict[StopReason, ErrorInfo | None] = {
+    "user": None,
+    "disconnected": {
+        "code": "client_disconnected",
+        "detail": "Stopped because the last page showing this answer was closed.",
+    },
+    "budget": {
+        "code": "budget_exhausted",
+        "detail": "Your daily token budget ran out: the answer was cut off here.",
+    },
+    "staff": {"code": "stopped_by_staff", "detail": "Stopped by the site's staff."},
+}
+#: The error of an answer whose process stopped (a deploy, a crash) while it was written.
+INTERRUPTED: ErrorInfo = {
+    "code": "interrupted",
+    "detail": "The server stopped while this answer was being written; "
+    "the text saved before that is kept.",
+}
 
 
 class PartFrame(TypedDict):

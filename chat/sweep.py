@@ -18,13 +18,9 @@ from chat.conf import conf
 from chat.fanout import hub
 from chat.generation import registry, render
 from chat.models import Message
-from chat.protocol import DoneFrame, done_frame
+from chat.protocol import INTERRUPTED, DoneFrame, done_frame
 
 logger = logging.getLogger(__name__)
-
-INTERRUPTED_DETAIL = (
-    "The server stopped while this answer was being written; the text saved before that is kept."
-)
 
 
 def interrupted_frame(message: Message, html: str) -> DoneFrame:
@@ -40,7 +36,7 @@ def interrupted_frame(message: Message, html: str) -> DoneFrame:
             "total_tokens": message.total_tokens,
             "estimated": message.usage_estimated,
         },
-        error={"code": "interrupted", "detail": INTERRUPTED_DETAIL},
+        error=INTERRUPTED,
         html=html,
     )
 
@@ -50,7 +46,7 @@ async def sweep_once() -> int:
     orphans = await store.interrupt_orphans(
         older_than=conf.CHAT_ORPHAN_AFTER,
         running=list(registry.running_ids()),
-        detail=INTERRUPTED_DETAIL,
+        detail=INTERRUPTED["detail"],
     )
     await _announce(orphans)
     if orphans:
@@ -67,7 +63,7 @@ async def interrupt_orphan(message_id: uuid.UUID) -> bool:
     orphans = await store.interrupt_orphans(
         older_than=0,
         running=list(registry.running_ids()),
-        detail=INTERRUPTED_DETAIL,
+        detail=INTERRUPTED["detail"],
         message_id=message_id,
     )
     await _announce(orphans)

@@ -10,8 +10,9 @@ nothing runs it any more.
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
-from chat import store
+from chat import control, store
 from chat.conf import conf
 from chat.exceptions import ClientError, ConversationBusy
 from chat.fanout import hub
@@ -101,7 +102,7 @@ async def interrupt_if_orphaned(message_id: uuid.UUID) -> bool:
         return message is not None
     if registry.get(message_id) is not None:
         return False
-    if await hub.ask(message.conversation_id, {"action": "alive", "message": str(message_id)}):
+    if await hub.ask(message.conversation_id, control.alive(message_id)):
         return False
     return await interrupt_orphan(message_id)
 
@@ -113,8 +114,8 @@ async def text_so_far(message: Message) -> tuple[str, str]:
         return running.text, running.reasoning
     if message.status != Message.Statuses.STREAMING:
         return message.content, message.reasoning
-    request = {"action": "snapshot", "message": str(message.id)}
-    reply = await hub.ask(message.conversation_id, request)
+    reply = await hub.ask(message.conversation_id, control.snapshot(message.id))
     if reply is not None:
-        return str(reply["text"]), str(reply["reasoning"])
+        snapshot = cast(control.Snapshot, reply)  # the only reply to a snapshot request
+        return snapshot["text"], snapshot["reasoning"]
     return message.content, message.reasoning
