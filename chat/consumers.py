@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -29,7 +28,10 @@ from chat.limits import FrameBucket, histories
 from chat.models import Message, Owner
 from chat.protocol import (
     ClientFrame,
+    ConversationFrame,
     Edit,
+    HistoryFrame,
+    MessageInfo,
     Pong,
     Regenerate,
     Send,
@@ -182,9 +184,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.watch(turn.conversation.id)
         self.delivery.shown = turn.conversation.id  # the store checked the owner
         if turn.created:
-            self.delivery.deliver(
-                {"type": "conversation", "conversation": conversation_payload(turn.conversation)}
-            )
+            created: ConversationFrame = {
+                "type": "conversation",
+                "conversation": conversation_payload(turn.conversation),
+            }
+            self.delivery.deliver(created)
         await turns.launch(turn, self.owner, config)
 
     def upstream_config(self) -> UpstreamConfig:
@@ -221,7 +225,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             rendered = await _render_all(messages)
             streaming: dict[str, tuple[int, int, int]] = {}
             finished: list[str] = []
-            payloads: list[dict[str, Any]] = []
+            payloads: list[MessageInfo] = []
             for message, (html, end) in zip(messages, rendered, strict=True):
                 if message.status == Message.Statuses.STREAMING:
                     lengths = (len(message.content), len(message.reasoning), end)
@@ -232,7 +236,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 payloads.append(
                     message_payload(message, html=html, rendered=end, versions=versions)
                 )
-            history = {
+            history: HistoryFrame = {
                 "type": "history",
                 "conversation": conversation_payload(transcript.conversation),
                 "messages": payloads,

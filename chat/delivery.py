@@ -20,7 +20,7 @@ from typing import Any
 
 from chat.fanout import Frame
 from chat.limits import SendWindow
-from chat.protocol import coalesce, conversation_of, dumps, frame_texts
+from chat.protocol import HistoryFrame, PingFrame, coalesce, conversation_of, dumps, frame_texts
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Delivery:
     def show_history(
         self,
         conversation_id: uuid.UUID,
-        history: dict[str, Any],
+        history: HistoryFrame,
         *,
         running: dict[str, tuple[int, int, int]],
         finished: list[str],
@@ -209,7 +209,8 @@ class Delivery:
         nonce = self.window.ping()
         if nonce is not None:
             # Not counted in the window: a ping is tiny, and counting it would make it due again.
-            await self._send(dumps({"type": "ping", "nonce": nonce}))
+            ping: PingFrame = {"type": "ping", "nonce": nonce}
+            await self._send(dumps(ping))
         if self.window.full and not await self._wait_for_reader():
             raise SlowReader
 

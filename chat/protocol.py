@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import orjson
 
@@ -149,6 +149,9 @@ def _uuid(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:
 # Server -> client -----------------------------------------------------------
 
 FinalStatus = Literal["complete", "stopped", "failed", "interrupted"]
+#: ``Message.Statuses`` and ``Message.Roles``, as the page sees them.
+Status = Literal["streaming", "complete", "stopped", "failed", "interrupted"]
+Role = Literal["user", "assistant", "system"]
 #: Who or what stopped an answer: the user, their page closing, their budget, or staff.
 StopReason = Literal["user", "disconnected", "budget", "staff"]
 
@@ -206,6 +209,64 @@ class ErrorFrame(TypedDict):
     type: Literal["error"]
     code: str
     detail: str
+
+
+class ConversationInfo(TypedDict):
+    id: str
+    title: str
+    model: str
+    created_at: str
+    updated_at: str
+
+
+class MessageInfo(TypedDict):
+    """A stored message as the page sees it (see ``message_payload``)."""
+
+    id: str
+    conversation: str
+    parent: str | None
+    versions: list[str]
+    role: Role
+    content: str
+    reasoning: str
+    refusal: str
+    status: Status
+    finish_reason: str | None
+    error: ErrorInfo | None
+    usage: UsageInfo
+    model: str
+    created_at: str
+    html: str
+    rendered: int
+
+
+class ConversationFrame(TypedDict):
+    """A ``send`` created this conversation (sent to that socket only)."""
+
+    type: Literal["conversation"]
+    conversation: ConversationInfo
+
+
+class HistoryFrame(TypedDict):
+    type: Literal["history"]
+    conversation: ConversationInfo
+    messages: list[MessageInfo]
+
+
+class MessageFrame(TypedDict):
+    type: Literal["message"]
+    message: MessageInfo
+
+
+class TitleFrame(TypedDict):
+    type: Literal["title"]
+    conversation: str
+    title: str
+
+
+class PingFrame(TypedDict):
+    type: Literal["ping"]
+    nonce: str
 
 
 #: The error a stopped answer ends with, by who or what stopped it (a user's own stop: none).
@@ -303,7 +364,22 @@ def frame_texts(frame: Any, *, limit: int) -> list[str]:
     return texts
 
 
-def conversation_payload(conversation: Conversation) -> dict[str, Any]:
+#: Every frame the server sends (a large one may travel as ``PartFrame``s).
+ServerFrame = (
+    ConversationFrame
+    | HistoryFrame
+    | MessageFrame
+    | DeltaFrame
+    | HtmlFrame
+    | ReasoningFrame
+    | TitleFrame
+    | DoneFrame
+    | ErrorFrame
+    | PingFrame
+)
+
+
+def conversation_payload(conversation: Conversation) -> ConversationInfo:
     return {
         "id": str(conversation.id),
         "title": conversation.title,
@@ -315,7 +391,7 @@ def conversation_payload(conversation: Conversation) -> dict[str, Any]:
 
 def message_payload(
     message: Message, *, html: str = "", rendered: int = 0, versions: list[str] | None = None
-) -> dict[str, Any]:
+) -> MessageInfo:
     """A stored message as the browser sees it.
 
     ``html`` is its sanitized HTML, which covers its text up to ``rendered``;
@@ -330,11 +406,11 @@ def message_payload(
         "conversation": str(message.conversation_id),
         "parent": str(message.parent_id) if message.parent_id is not None else None,
         "versions": versions if versions is not None else [str(message.id)],
-        "role": message.role,
+        "role": cast(Role, message.role),  # the model's choices
         "content": message.content,
         "reasoning": message.reasoning,
         "refusal": message.refusal,
-        "status": message.status,
+        "status": cast(Status, message.status),
         "finish_reason": message.finish_reason or None,
         "error": error,
         "usage": {

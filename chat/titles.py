@@ -19,6 +19,7 @@ from chat import store, upstream
 from chat.conf import conf
 from chat.exceptions import UpstreamError
 from chat.fanout import hub
+from chat.protocol import TitleFrame
 from chat.upstream import UpstreamConfig
 from chat.usage import Usage
 
@@ -72,7 +73,6 @@ async def give_title(
     await store.set_title(conversation_id, title, owner_key=owner_key, usage=usage)
     if not title:
         return None
-    await hub.publish(
-        conversation_id, {"type": "title", "conversation": str(conversation_id), "title": title}
-    )
+    frame: TitleFrame = {"type": "title", "conversation": str(conversation_id), "title": title}
+    await hub.publish(conversation_id, frame)
     return title
