@@ -16,6 +16,8 @@ from django.utils.html import format_html, format_html_join
 
 from chat.generation import stop_anywhere
 from chat.models import Conversation, DailyUsage, Message, StreamingAnswer, active_path
+from chat.protocol import conversation_payload, message_payload
+from chat.store import versions_of
 
 
 class ReadOnlyMixin:
@@ -32,34 +34,21 @@ class ReadOnlyMixin:
 
 
 def _export_dict(conversation: Conversation) -> dict[str, Any]:
+    """A conversation as JSON: each message as the page sees it (less its HTML), and its timings."""
+    messages = list(conversation.messages.all())
     return {
-        "id": str(conversation.id),
-        "title": conversation.title,
+        **conversation_payload(conversation),
         "owner": conversation.owner.get_username() if conversation.owner else None,
-        "model": conversation.model,
-        "created_at": conversation.created_at.isoformat(),
-        "updated_at": conversation.updated_at.isoformat(),
         "messages": [
             {
-                "id": str(m.id),
-                "role": m.role,
-                "content": m.content,
-                "status": m.status,
-                "finish_reason": m.finish_reason or None,
-                "error": {"code": m.error_code, "detail": m.error_detail} if m.error_code else None,
-                "model": m.model,
-                "usage": {
-                    "prompt_tokens": m.prompt_tokens,
-                    "completion_tokens": m.completion_tokens,
-                    "total_tokens": m.total_tokens,
-                },
+                **{k: v for k, v in message_payload(m).items() if k not in ("html", "rendered")},
+                "versions": versions,
                 "time_to_first_token": (
                     m.time_to_first_token.total_seconds() if m.time_to_first_token else None
                 ),
                 "duration": m.duration.total_seconds() if m.duration else None,
-                "created_at": m.created_at.isoformat(),
             }
-            for m in conversation.messages.all()
+            for m, versions in zip(messages, versions_of(messages, messages).values(), strict=True)
         ],
     }
 

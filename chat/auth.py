@@ -25,17 +25,22 @@ from chat.store import in_db_thread
 logger = logging.getLogger(__name__)
 
 
-def owner_of(scope: dict[str, Any]) -> Owner | None:
-    """Who this socket chats as, or None if it may not chat."""
-    user = scope.get("user")
+def owner(user: Any, session: Any) -> Owner | None:
+    """Who chats with this user and session (a page or a socket), or None if nobody may.
+
+    A logged-in user; else, with ``CHAT_ALLOW_ANONYMOUS``, the session itself.
+    """
     if user is not None and user.is_authenticated:
         return Owner(user_id=user.pk)
-    if conf.CHAT_ALLOW_ANONYMOUS:
-        session = scope.get("session")
-        key = session.session_key if session is not None else None
-        if key:
-            return Owner(user_id=None, session_key=key)
+    key = session.session_key if session is not None else None
+    if conf.CHAT_ALLOW_ANONYMOUS and key:
+        return Owner(user_id=None, session_key=key)
     return None
+
+
+def owner_of(scope: dict[str, Any]) -> Owner | None:
+    """Who this socket chats as, or None if it may not chat."""
+    return owner(scope.get("user"), scope.get("session"))
 
 
 @in_db_thread

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import uuid
 
-from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chat import auth, demo, lifespan, store, turns
@@ -43,7 +42,7 @@ from chat.protocol import (
     message_payload,
     parse_client_frame,
 )
-from chat.rendering import finished_html, render_prefix
+from chat.rendering import finished_html, off_loop, render_prefix
 from chat.upstream import UpstreamConfig
 
 logger = logging.getLogger(__name__)
@@ -288,4 +287,4 @@ async def _render_all(messages: list[Message]) -> list[tuple[str, int]]:
             return render_prefix(message.content)
         return finished_html.render(message.id, message.content), len(message.content)
 
-    return await sync_to_async(lambda: [render(m) for m in messages], thread_sensitive=False)()
+    return await off_loop(lambda: [render(m) for m in messages])

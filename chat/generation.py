@@ -17,8 +17,6 @@ import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from chat import control, store
 from chat.conf import conf
 from chat.exceptions import ChatError, ServerError, UpstreamError
@@ -33,18 +31,13 @@ from chat.protocol import (
     StopReason,
     done_frame,
 )
-from chat.rendering import BlockSplitter, render_block, render_markdown
+from chat.rendering import BlockSplitter, off_loop, render_block, render_markdown
 from chat.text import redact
 from chat.titles import give_title
 from chat.upstream import Answer, UpstreamConfig, stream_answer
 from chat.usage import Usage, estimate_prompt, estimate_tokens_of_length
 
 logger = logging.getLogger(__name__)
-
-
-async def render(text: str) -> str:
-    """Render a block of Markdown off the event loop: a long code block takes milliseconds."""
-    return await sync_to_async(render_block, thread_sensitive=False)(text) if text else ""
 
 
 class Generation:
@@ -207,7 +200,7 @@ class Generation:
     async def _render_blocks(self) -> None:
         """Render queued blocks one by one and publish each as an ``html`` frame."""
         while (block := await self._blocks.get()) is not None:
-            html = await render(block)
+            html = await off_loop(render_block, block) if block else ""
             index = self.rendered
             self.rendered += len(block)
             self._html.append(html)
@@ -232,7 +225,7 @@ class Generation:
             await self._renderer
         except Exception:
             logger.exception("Rendering message %s block by block failed", self.message_id)
-            return await sync_to_async(render_markdown, thread_sensitive=False)(self.text)
+            return await off_loop(render_markdown, self.text)
         return "".join(self._html)
 
     def checkpoint(self, *, heartbeat: bool = False) -> store.Checkpoint | None:

@@ -19,9 +19,12 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
+from typing import ParamSpec, TypeVar
 
 import nh3
+from asgiref.sync import sync_to_async
 from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -87,6 +90,17 @@ def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight})
     md.enable(["table", "strikethrough"])
     return md
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def off_loop(render: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a render in a worker thread: a long code block costs Pygments milliseconds,
+    which on the event loop would hold up every socket of the process."""
+    result: R = await sync_to_async(render, thread_sensitive=False)(*args, **kwargs)
+    return result
 
 
 def render_block(text: str) -> str:

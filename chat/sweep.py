@@ -16,9 +16,10 @@ import uuid
 from chat import store
 from chat.conf import conf
 from chat.fanout import hub
-from chat.generation import registry, render
+from chat.generation import registry
 from chat.models import Message
 from chat.protocol import INTERRUPTED, DoneFrame, done_frame
+from chat.rendering import off_loop, render_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ async def interrupt_orphan(message_id: uuid.UUID) -> bool:
 
 async def _announce(orphans: list[Message]) -> None:
     for message in orphans:
-        html = await render(message.content)
+        # The whole answer's HTML as the page builds it, block by block.
+        html = await off_loop(render_markdown, message.content)
         await hub.publish(message.conversation_id, interrupted_frame(message, html))
 
 

@@ -8,19 +8,17 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from chat import auth
 from chat.conf import conf
-from chat.models import Conversation, Owner
+from chat.models import Conversation
 
 
 def index(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
     """The chat page, optionally opened on one of the visitor's conversations."""
-    if request.user.is_authenticated:
-        owner = Owner(user_id=request.user.pk)
-    elif conf.CHAT_ALLOW_ANONYMOUS:
-        if request.session.session_key is None:
-            request.session.save()  # the socket finds the anonymous owner by this key
-        owner = Owner(user_id=None, session_key=request.session.session_key or "")
-    else:
+    if conf.CHAT_ALLOW_ANONYMOUS and request.session.session_key is None:
+        request.session.save()  # the socket finds the anonymous owner by this key
+    owner = auth.owner(request.user, request.session)
+    if owner is None:
         return redirect_to_login(request.get_full_path())
     conversations = Conversation.objects.owned_by(owner)
     if conversation_id is not None and not conversations.filter(pk=conversation_id).exists():
