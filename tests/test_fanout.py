@@ -112,7 +112,7 @@ async def test_what_piles_up_during_a_slow_send_goes_out_merged_and_in_order(
     conversation = uuid.uuid4()
     gate = layer.gates[group_name(conversation)] = asyncio.Event()
     await hub.publish(conversation, delta(0, "Hel"))
-    await asyncio.sleep(0)  # the first frame's send starts, and waits on the gate
+    await asyncio.wait_for(layer.held.wait(), 1)  # the first frame's send waits at the gate
     for index, text in [(3, "lo"), (5, ", "), (7, "world")]:
         await hub.publish(conversation, delta(index, text))
     done = {"type": "done", "message": "m1", "conversation": str(conversation), "length": 12}

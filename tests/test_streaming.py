@@ -10,7 +10,7 @@ import pytest
 from chat import store
 from chat.models import Conversation, Message
 from tests.conftest import API_KEY, Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, completion, paused, stream
+from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, paused, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -112,27 +112,41 @@ async def test_the_answer_is_checkpointed_while_streaming_at_most_once_per_inter
         checkpointed.set()
 
     monkeypatch.setattr(store, "save_checkpoints", recording_checkpoints)
-    # 30 reads over about 0.3 s, then the upstream goes quiet without finishing.
-    fake_upstream.script(stream(*completion([f"{i} " for i in range(30)], pace=0.01)[:-3], HANG))
+    # 30 tokens in three bursts, each let out once the last is saved; then the upstream
+    # goes quiet without finishing. Paced by the test, not by the clock.
+    gates = [asyncio.Event(), asyncio.Event()]
+    tokens = [f"{i} " for i in range(30)]
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            *(chunk(t) for t in tokens[:10]),
+            Gate(gates[0]),
+            *(chunk(t) for t in tokens[10:20]),
+            Gate(gates[1]),
+            *(chunk(t) for t in tokens[20:]),
+            HANG,
+        )
+    )
     chat = await connect(user)
     await chat.send("go")
     await chat.receive_until("message")
     message_id = (await chat.receive_until("message"))[-1]["message"]["id"]
 
-    await asyncio.wait_for(checkpointed.wait(), timeout=5)
-    stored = await Message.objects.aget(pk=message_id)
-    assert stored.status == "streaming"
-    assert stored.content == saved[0] and stored.content.startswith("0 1 ")
-
-    everything = "".join(f"{i} " for i in range(30))
-    while rebuild(chat.frames) != everything:
-        await chat.receive()
-    while saved[-1] != everything:  # the quiet answer is saved whole at the next tick
-        checkpointed.clear()
-        await asyncio.wait_for(checkpointed.wait(), timeout=5)
-    assert len(saved) <= 4  # about one write per interval, not one per token
+    for burst, gate in enumerate([*gates, None], start=1):
+        so_far = "".join(tokens[: 10 * burst])
+        await chat.receive_text(so_far)
+        while not saved or saved[-1] != so_far:  # the burst is saved whole at a next tick
+            checkpointed.clear()
+            await asyncio.wait_for(checkpointed.wait(), timeout=5)
+        stored = await Message.objects.aget(pk=message_id)
+        assert (stored.status, stored.content) == ("streaming", so_far)
+        if gate is not None:
+            gate.set()
+    # About one write per interval, not one per token: a burst arrives within a tick or
+    # two, so at most a few writes each, where one per token would be 30.
+    assert len(saved) <= 9
     await chat.stop(message_id)
     await chat.receive_until("done")
     assert len(saved) == len(set(saved))  # an unchanged answer is not written again
     stored = await Message.objects.aget(pk=message_id)
-    assert stored.content == everything
+    assert stored.content == "".join(tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -79,16 +80,28 @@ async def test_watchers_are_told_the_answer_was_interrupted(
 
 
 async def test_a_quiet_running_answer_keeps_its_row_fresh_for_other_processes(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any, monkeypatch: Any
 ) -> None:
     settings.CHAT_ORPHAN_AFTER = 0.3  # quieter than this, yet alive
     settings.CHAT_CHECKPOINT_INTERVAL = 0.05
+    beats = asyncio.Event()
+    original = store.save_checkpoints
+
+    async def save(rows: list[store.Checkpoint]) -> None:
+        await original(rows)
+        beats.set()
+
+    monkeypatch.setattr(store, "save_checkpoints", save)
     fake_upstream.script(hanging("thinking..."))
     chat = await connect(user)
     await chat.send("go")
     frames = await chat.receive_until("delta")
     answer = frames[2]["message"]["id"]
-    await asyncio.sleep(0.6)  # time passing with a quiet upstream is the scenario itself
+    # Twice the orphan age passes with a quiet upstream, the row kept fresh meanwhile.
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.6:
+        beats.clear()
+        await asyncio.wait_for(beats.wait(), 1)
 
     # Another process's sweep knows nothing of this process's running answers.
     assert await store.interrupt_orphans(older_than=0.3, running=[], detail="x") == []
