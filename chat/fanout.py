@@ -1,27 +1,17 @@
 """Fan-out of an answer's frames to the sockets watching its conversation, in any process.
 
-Within a process, publishing is a plain function call that appends the frame
-to each watcher's outbox: no channel-layer round trip, no copy, no task per
-frame. (Channels' in-memory layer scans every channel and group on each send
-and receive and deep-copies each message; at 100 streams that alone saturated
-the relay: see bench/RESULTS.md.) Each socket drains its own outbox in its own
-task, so a slow socket never holds up the answer or the other watchers.
+Within a process, publishing appends the frame to each watcher's queue: a
+function call, no copy, no task per frame, and a slow socket never holds up
+the answer or the other watchers (each drains its own queue).
 
-Across processes (a channel layer other than the in-memory one, e.g.
-``channels_redis``), each process joins the conversation's group once, with
-one channel of its own, on behalf of all its local watchers; frames are
-published to the group once and fanned out locally by each receiving
-process. Deltas, the bulk, go to the group only once another process has
-said it watches (``chat.interest``, sent when it starts watching and when it
-sees a new answer start): an answer watched only where it runs never touches
-Redis past its first and last frames. Publishing only queues: a few sender
-tasks send each conversation's frames in order, one send at a time per
-conversation, merging the deltas that piled up meanwhile, so an answer never
-waits for Redis and a loaded Redis gets fewer, longer frames. A watcher that
-joined late sees a gap in ``index`` and fills it with the exact text from the
-answer's process.
-The same route carries control messages (stop an answer running in another
-process, ask it for the exact text so far).
+Across processes (a channel layer other than the in-memory one), each process
+joins a conversation's group once for all its watchers, and a frame is
+published to the group once. Deltas go there only after another process said
+it watches (``chat.interest``). Publishing only queues: sender tasks send each
+conversation's frames in order and merged, so an answer never waits for Redis.
+A watcher that joined late fills the gap in ``index`` from the answer's process.
+The same route carries ``chat.control`` messages (stop, snapshot, alive).
+Why it is built this way, with the measurements: bench/RESULTS.md.
 """
 
 from __future__ import annotations
