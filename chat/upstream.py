@@ -98,7 +98,6 @@ class Answer:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    total_tokens: int | None = None
     refusal: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     request_id: str = ""
@@ -138,7 +137,6 @@ class Answer:
         if isinstance(usage, dict):
             self.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
             self.completion_tokens = _int_or_none(usage.get("completion_tokens"))
-            self.total_tokens = _int_or_none(usage.get("total_tokens"))
         # The usage chunk (stream_options.include_usage) and Azure's content-filter
         # chunks have an empty ``choices`` list; only choice 0 is asked for (n=1).
         choices = payload.get("choices")

@@ -22,7 +22,7 @@
     error: document.getElementById("error"),
     connection: document.getElementById("connection"),
   };
-  var socketPath = config.socket || "/ws/chat/";
+  var socketPath = "/ws/chat/";
   var basePath = window.location.pathname.replace(/c\/[0-9a-f-]+\/?$/, "");
 
   var socket = null;
@@ -60,6 +60,7 @@
   function onClose(event) {
     socket = null;
     parts = [];
+    resyncing = false; // the watch sent on reconnecting replaces it
     document.body.dataset.connected = "false";
     setStreaming(null);
     if (event.code === 4401) {
@@ -128,6 +129,7 @@
   }
 
   function onHistory(frame) {
+    resyncing = false;
     clearMessages();
     conversationId = frame.conversation.id;
     markActive(conversationId);
@@ -145,7 +147,7 @@
     // A new message replaces the branch shown after its parent (an edit, a regenerated answer).
     var at = message.parent === null ? 0 : path.indexOf(message.parent) + 1;
     if (at === 0 && message.parent !== null) {
-      sendFrame({ type: "watch", conversation: conversationId }); // a branch this page lacks
+      resync(); // a branch this page lacks
       return;
     }
     path.splice(at).forEach(function (id) {
@@ -166,8 +168,9 @@
     }
     var text = frame.text;
     if (frame.index > entry.length) {
-      // A gap: ask for the conversation again rather than show wrong text.
-      sendFrame({ type: "watch", conversation: conversationId });
+      // A gap: ask for the conversation again rather than show wrong text (once:
+      // the frames that follow have the same gap until the history comes).
+      resync();
       return;
     }
     if (frame.index < entry.length) {
@@ -214,11 +217,26 @@
 
   function onReasoning(frame) {
     var entry = messages[frame.message];
-    if (!entry || frame.index < entry.reasoningLength) {
-      return;
+    if (!entry || frame.index > entry.reasoningLength) {
+      return; // a gap: `done` and any history bring the whole reasoning
     }
-    reasoningNode(entry).appendData(frame.text);
-    entry.reasoningLength += codePoints(frame.text);
+    var text = frame.text;
+    if (frame.index < entry.reasoningLength) {
+      // Overlapping text: keep only what this page does not have yet.
+      text = Array.from(text).slice(entry.reasoningLength - frame.index).join("");
+    }
+    if (text) {
+      reasoningNode(entry).appendData(text);
+      entry.reasoningLength += codePoints(text);
+    }
+  }
+
+  var resyncing = false; // a `watch` for a gap is on its way: one is enough
+
+  function resync() {
+    if (!resyncing && sendFrame({ type: "watch", conversation: conversationId })) {
+      resyncing = true;
+    }
   }
 
   function onDone(frame) {
@@ -231,7 +249,7 @@
   }
 
   function onTitle(frame) {
-    var link = el.conversations.querySelector('a[data-id="' + frame.conversation + '"]');
+    var link = el.conversations.querySelector('a[data-id="' + CSS.escape(frame.conversation) + '"]');
     if (link) {
       link.textContent = frame.title;
     }
@@ -551,6 +569,8 @@
     streamingId = id;
     el.stop.hidden = id === null;
     el.send.hidden = id !== null;
+    // A screen reader reads the answer once it is whole, not token by token.
+    el.messages.setAttribute("aria-busy", id === null ? "false" : "true");
   }
 
   function submit(event) {
@@ -672,11 +692,27 @@
     }
   }
 
+  var scrollPending = false;
+
+  // One scroll a frame, however many deltas came in it: reading scrollHeight
+  // forces a layout, which per delta would cost the page its speed.
   function scrollToBottom(force) {
-    if (force || stickToBottom) {
+    if (force) {
       el.messages.scrollTop = el.messages.scrollHeight;
+      return;
     }
+    if (!stickToBottom || scrollPending) {
+      return;
+    }
+    scrollPending = true;
+    window.requestAnimationFrame(function () {
+      scrollPending = false;
+      if (stickToBottom) {
+        el.messages.scrollTop = el.messages.scrollHeight;
+      }
+    });
   }
+
 
   function showError(text) {
     el.error.textContent = text;
