@@ -193,6 +193,11 @@ class Settings:
         return getattr(settings, "CHAT_MAX_EVENT_BYTES", 4 * 1024 * 1024)
 
     @property
+    def CHAT_METRICS_TOKEN(self) -> str:
+        """A bearer token that lets a scraper read ``metrics/``; staff may read it logged in."""
+        return str(getattr(settings, "CHAT_METRICS_TOKEN", ""))
+
+    @property
     def CHAT_DEMO_TOKENS_PER_SECOND(self) -> float:
         return getattr(settings, "CHAT_DEMO_TOKENS_PER_SECOND", 40.0)
 

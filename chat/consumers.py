@@ -16,7 +16,7 @@ import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import auth, demo, lifespan, store, turns
+from chat import auth, demo, lifespan, metrics, store, turns
 from chat.auth import owner_of
 from chat.conf import conf
 from chat.delivery import Delivery, SlowReader
@@ -74,6 +74,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.flooded = False
         self.logged_out = False
         await self.accept()
+        metrics.SOCKETS.inc()
+        self.counted = True
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
             await self.delivery.send_frame(error_frame("not_authenticated", "Log in to chat."))
@@ -86,6 +88,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.sender = asyncio.create_task(self.send_loop(), name="chat-socket-sender")
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            metrics.SOCKETS.dec()
+            self.counted = False
         if self.session_key:
             auth.untrack(self.session_key, self.end_session)
         if self.watching is not None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from chat import control, store
+from chat import control, metrics, store
 from chat.conf import conf
 from chat.exceptions import ChatError, ServerError, UpstreamError
 from chat.fanout import Frame, hub
@@ -162,6 +162,8 @@ class Generation:
                 if self._first_token is None:
                     self._first_token = time.monotonic()
                     self.answer.note("first_token")
+                    metrics.FIRST_TOKEN.observe(self._first_token - self._started)
+                metrics.CHARACTERS.inc(len(content))
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
@@ -266,6 +268,11 @@ class Generation:
             error=error_info["code"] if error_info else None,
             length=self.length,
         )
+        metrics.ANSWERS.labels(status).inc()
+        if status == "failed" and error_info is not None:
+            metrics.UPSTREAM_ERRORS.labels(error_info["code"]).inc()
+        metrics.TOKENS.labels("prompt").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels("completion").inc(usage.completion_tokens)
         answer.note(
             "usage",
             prompt_tokens=usage.prompt_tokens,

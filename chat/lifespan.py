@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from chat import metrics
 from chat.fanout import hub
 from chat.generation import registry
 from chat.sweep import sweeper
@@ -23,10 +24,19 @@ from chat.upstream import aclose_client
 logger = logging.getLogger(__name__)
 
 _daphne_hook_installed = False
+_shutting_down = False
+
+
+def draining() -> bool:
+    """Whether this process is shutting down (its health check then says so: 503)."""
+    return _shutting_down
 
 
 async def shutdown() -> None:
     """Interrupt running answers (each saves its text), then close the upstream client."""
+    global _shutting_down
+    _shutting_down = True
+    metrics.DRAINING.set(1)
     running = len(registry.running_ids())
     if running:
         logger.info("Shutting down: saving %d running answer(s) as interrupted", running)

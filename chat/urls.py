@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from chat import demo, views
+from chat import demo, operations, views
 
 app_name = "chat"
 
@@ -11,4 +11,6 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/", views.index, name="conversation"),
     path("demo/v1/chat/completions", demo.completions, name="demo-completions"),
     path("demo/v1/models", demo.models, name="demo-models"),
+    path("health/", operations.health, name="health"),
+    path("metrics/", operations.metrics, name="metrics"),
 ]
