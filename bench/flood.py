@@ -30,7 +30,8 @@ import psutil
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from bench.__main__ import Relay, base_env, django_relay, open_socket, percentile, start, stop
+from bench.load import open_socket, percentile
+from bench.processes import Relay, base_env, django_relay, start, stop
 from bench.upstream import expected_text, run
 
 FLOODER, VICTIM = 0, 1  # socket indexes, that is users bench-0 and bench-1

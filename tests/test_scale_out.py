@@ -25,6 +25,7 @@ import psycopg
 import pytest
 import websockets
 
+from bench.processes import postgres_database
 from tests.fake_upstream import DONE, FakeUpstream, completion, event, hanging, paused, stream
 from tests.servers import Site, daphne, log_in, manage, site_environment
 
@@ -49,14 +50,8 @@ pytestmark = [
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    name = f"chat_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG}/{name}"
-    finally:
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database(PG) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,232 @@
+"""Starting and stopping the servers the benchmark measures: the fake upstream and each relay.
+
+Each relay runs in a process of its own, started here and stopped when its
+``with`` block ends; its output is kept (``LOGS``) for error reports. The test
+suite uses ``postgres_database`` from here too, so this module imports nothing
+heavy and nothing from the load generator.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+USERS = 1000  # as many as the most sockets a scenario opens
+
+
+@dataclass
+class Relay:
+    name: str
+    ws_url: str = ""
+    origin: str = ""
+    #: One logged-in user per socket (socket i is user i): 500 people, not one with 500 tabs.
+    cookies: list[str] = field(default_factory=list)
+    stats_url: str | None = None
+    process: subprocess.Popen[str] | None = None
+    #: A second process on the same Redis and database: watchers connect there.
+    peer: Relay | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(
+    command: list[str], env: dict[str, str], pattern: str, cwd: Path = ROOT
+) -> tuple[subprocess.Popen[str], int]:
+    """Start a server; return it and the port it printed (within 60 s)."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            # Keep draining its output so that a chatty server never blocks on a full pipe.
+            drain(process)
+            return process, int(match.group(1))
+    process.kill()
+    raise RuntimeError(f"{command[0]} did not start:\n{''.join(seen)}")
+
+
+LOGS: dict[int, collections.deque[str]] = {}
+
+
+def drain(process: subprocess.Popen[str]) -> None:
+    """Read a server's output in a thread, keeping its last lines for error reports."""
+    lines = LOGS[process.pid] = collections.deque(maxlen=60)
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def stop(process: subprocess.Popen[str] | None) -> None:
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHAT_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@contextlib.contextmanager
+def postgres_database(server: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database on ``server`` (default: this machine's), dropped afterwards."""
+    import psycopg
+
+    server = server or os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+    name = f"chat_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def django_cluster(upstream: str) -> Iterator[Relay]:
+    """Two daphne processes on Redis and PostgreSQL: answers run on one, watchers on the other."""
+    redis = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+    with postgres_database() as database:
+        extra = {"REDIS_URL": redis, "REDIS_PREFIX": f"chat-bench-{uuid.uuid4().hex[:8]}"}
+        with (
+            django_relay("django-daphne-redis-x2", upstream, "daphne", database, extra) as first,
+            django_relay("peer", upstream, "daphne", database, extra) as second,
+        ):
+            first.peer = second
+            yield first
+
+
+@contextlib.contextmanager
+def django_relay(
+    name: str, upstream: str, server: str, database: str, extra: dict[str, str] | None = None
+) -> Iterator[Relay]:
+    env = base_env()
+    env.update(
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        DATABASE_URL=database,
+        BENCH_UPSTREAM_URL=upstream,
+        **(extra or {}),
+    )
+    keys = subprocess.run(
+        [sys.executable, "-m", "bench.prepare", str(USERS)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if server in ("daphne", "daphne-asyncio"):
+        # As the README serves it: daphne on uvloop (chat.server), or daphne itself.
+        command = [
+            sys.executable,
+            "-m",
+            "chat.server" if server == "daphne" else "daphne",
+            "-v",
+            "1",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "project.asgi:application",
+        ]
+        process, port = start(command, env, r"Listening on TCP address [\d.]+:(\d+)")
+    else:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "info",
+            "--ws",
+            "websockets",
+        ]
+        process, port = start(command, env, r"Uvicorn running on http://127.0.0.1:(\d+)")
+    try:
+        yield Relay(
+            name,
+            ws_url=f"ws://127.0.0.1:{port}/ws/chat/",
+            origin=f"http://127.0.0.1:{port}",
+            cookies=[f"sessionid={key}" for key in keys],
+            stats_url=f"http://127.0.0.1:{port}/bench/stats/",
+            process=process,
+        )
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def node_relay(upstream: str) -> Iterator[Relay]:
+    folder = BENCH / "relays" / "node"
+    if not (folder / "node_modules" / "eventsource-parser").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is needed for the Node relay")
+        subprocess.run(
+            [npm, "install", "--no-package-lock", "--no-audit", "--no-fund", "--silent"],
+            cwd=folder,
+            check=True,
+        )
+    process, port = start(
+        ["node", "relay.js", upstream, "0"], base_env(), r"listening (\d+)", cwd=folder
+    )
+    try:
+        yield Relay("node", ws_url=f"ws://127.0.0.1:{port}/ws/chat/", process=process)
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
+def bare_relay(upstream: str) -> Iterator[Relay]:
+    command = [sys.executable, "-m", "bench.relays.bare", "--upstream", upstream]
+    process, port = start(command, base_env(), r"listening (\d+)")
+    try:
+        yield Relay("bare-python", ws_url=f"ws://127.0.0.1:{port}/ws/chat/", process=process)
+    finally:
+        stop(process)
