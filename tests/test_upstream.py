@@ -36,7 +36,7 @@ def test_the_usage_chunk_has_empty_choices() -> None:
     answer = Answer()
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
     assert answer.apply({"choices": [], "usage": usage}) == ("", "")
-    assert (answer.prompt_tokens, answer.completion_tokens, answer.total_tokens) == (3, 4, 7)
+    assert (answer.prompt_tokens, answer.completion_tokens) == (3, 4)
 
 
 def test_azure_content_filter_chunks_without_choices_are_skipped() -> None:
