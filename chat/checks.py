@@ -63,6 +63,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         "CHAT_SLOW_CLIENT_TIMEOUT",
         "CHAT_TITLE_TIMEOUT",
         "CHAT_FIRST_BYTE_TIMEOUT",
+        "CHAT_PROCESS_TIMEOUT",
     ):
         if not _positive_number(getattr(conf, name)):
             errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))

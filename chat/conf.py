@@ -159,6 +159,13 @@ class Settings:
         return getattr(settings, "CHAT_ORPHAN_AFTER", 30.0)
 
     @property
+    def CHAT_PROCESS_TIMEOUT(self) -> float:
+        """Seconds without a heartbeat after which a process counts as dead, its answers
+        ``interrupted``. It beats every eighth of this, and the others look as often: a
+        killed process is noticed within 4.5 s by default."""
+        return getattr(settings, "CHAT_PROCESS_TIMEOUT", 4.0)
+
+    @property
     def CHAT_CONNECT_TIMEOUT(self) -> float:
         return getattr(settings, "CHAT_CONNECT_TIMEOUT", 10.0)
 

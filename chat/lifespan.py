@@ -15,7 +15,9 @@ import logging
 import sys
 from typing import Any
 
-from chat import metrics
+from django.db import DatabaseError
+
+from chat import liveness, metrics, store
 from chat.fanout import hub
 from chat.generation import registry
 from chat.sweep import sweeper
@@ -42,6 +44,10 @@ async def shutdown() -> None:
         logger.info("Shutting down: saving %d running answer(s) as interrupted", running)
     await sweeper.stop()
     await registry.shutdown()
+    try:
+        await store.forget_process(liveness.process_id())
+    except DatabaseError:
+        logger.exception("Could not remove this process's heartbeat; it expires by itself")
     await hub.close()
     await aclose_client()
 

@@ -149,6 +149,12 @@ class Message(models.Model):
     upstream_request_id = models.CharField(
         max_length=200, blank=True, default="", help_text="The upstream's x-request-id header."
     )
+    runner = models.UUIDField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="The process (chat.Process) writing this answer, while it streams.",
+    )
     time_to_first_token = models.DurationField(
         null=True, blank=True, help_text="From the request sent upstream to the first token."
     )
@@ -177,6 +183,28 @@ class Message(models.Model):
     def __str__(self) -> str:
         text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"
         return f"{self.get_role_display()}: {text}"
+
+
+class Process(models.Model):
+    """A server process that writes answers; its heartbeat tells the others it is alive.
+
+    Each answer being written names its process (``Message.runner``): when a
+    process stops beating (killed, its machine lost), the others interrupt its
+    answers within ``CHAT_PROCESS_TIMEOUT`` seconds instead of waiting for the
+    answers' rows to age.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    host = models.CharField(max_length=255, help_text="The machine's host name.")
+    pid = models.PositiveIntegerField(help_text="The process id on that machine.")
+    started_at = models.DateTimeField(auto_now_add=True)
+    seen_at = models.DateTimeField(db_index=True, help_text="Its last heartbeat.")
+
+    class Meta:
+        ordering = ("started_at",)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
 
 
 class StreamingAnswer(Message):

@@ -19,6 +19,7 @@ from django.db import DatabaseError, IntegrityError, connection, models, transac
 from django.db.models import F
 from django.utils import timezone
 
+from chat import liveness
 from chat.conf import conf
 from chat.exceptions import ClientError, ConversationBusy
 from chat.models import (
@@ -26,6 +27,7 @@ from chat.models import (
     DailyUsage,
     Message,
     Owner,
+    Process,
     active_path,
     last_shown_leaf_under,
 )
@@ -223,6 +225,7 @@ def _turn(
         role=Message.Roles.ASSISTANT,
         status=Message.Statuses.STREAMING,
         model=asking.model,
+        runner=liveness.process_id(),  # the process that stores the turn runs its answer
     )
     new = [m for m in (asked, answer) if m is not None]
     messages += new
@@ -364,24 +367,48 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
 
 
 @in_db_thread
+def beat(process_id: uuid.UUID, host: str, pid: int) -> None:
+    """This process is alive: renew its heartbeat row (made on the first beat)."""
+    now = timezone.now()
+    if not Process.objects.filter(pk=process_id).update(seen_at=now):
+        Process.objects.create(id=process_id, host=host[:255], pid=pid, seen_at=now)
+
+
+@in_db_thread
+def forget_process(process_id: uuid.UUID) -> None:
+    """This process stops cleanly, its answers saved: it is not a dead one."""
+    Process.objects.filter(pk=process_id).delete()
+
+
+@in_db_thread
 def interrupt_orphans(
     *,
     older_than: float,
     running: list[uuid.UUID],
     detail: str,
     message_id: uuid.UUID | None = None,
+    silent_for: float | None = None,
 ) -> list[Message]:
     """Mark ``streaming`` answers untouched for ``older_than`` seconds as ``interrupted``.
 
     With ``message_id``, only that answer, however recently it was touched: no
     process claimed it (a ``stop``, or a turn refused as ``busy``, found it orphaned).
+    With ``silent_for``, only the answers of processes whose heartbeat is older than
+    that (their rows are then deleted): a process killed outright.
     """
-    cutoff = timezone.now() - timedelta(seconds=older_than)
+    now = timezone.now()
     streaming = Message.objects.select_for_update().filter(status=Message.Statuses.STREAMING)
-    if message_id is None:
-        streaming = streaming.filter(updated_at__lt=cutoff)
-    else:
+    dead: list[uuid.UUID] = []
+    if message_id is not None:
         streaming = streaming.filter(pk=message_id)
+    elif silent_for is not None:
+        silent = Process.objects.filter(seen_at__lt=now - timedelta(seconds=silent_for))
+        dead = list(silent.exclude(pk=liveness.process_id()).values_list("pk", flat=True))
+        if not dead:
+            return []
+        streaming = streaming.filter(runner__in=dead)
+    else:
+        streaming = streaming.filter(updated_at__lt=now - timedelta(seconds=older_than))
     with transaction.atomic():
         orphans = list(streaming.exclude(pk__in=running))
         for orphan in orphans:
@@ -406,6 +433,7 @@ def interrupt_orphans(
                 setattr(orphan, name, value)  # as the watchers' ``done`` tells it
             owner = Owner(user_id=conversation.owner_id, session_key=conversation.session_key)
             record_usage(owner.key, usage, answers=1)
+        Process.objects.filter(pk__in=dead).delete()
     return orphans
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 
-from chat import store
+from chat import liveness, store
 from chat.conf import conf
 from chat.fanout import hub
 from chat.generation import registry
@@ -55,6 +55,20 @@ async def sweep_once() -> int:
     return len(orphans)
 
 
+async def sweep_dead_processes() -> int:
+    """End the answers of processes whose heartbeat stopped (``chat.liveness``)."""
+    orphans = await store.interrupt_orphans(
+        older_than=0,
+        running=list(registry.running_ids()),
+        detail=INTERRUPTED["detail"],
+        silent_for=conf.CHAT_PROCESS_TIMEOUT,
+    )
+    await _announce(orphans)
+    if orphans:
+        logger.warning("Marked %d answer(s) of a dead process as interrupted", len(orphans))
+    return len(orphans)
+
+
 async def interrupt_orphan(message_id: uuid.UUID) -> bool:
     """Mark one answer that no process claims ``interrupted`` at once; False if it ended.
 
@@ -91,12 +105,20 @@ class Sweeper:
             self.task = asyncio.create_task(self._loop(), name="chat-orphan-sweep")
 
     async def _loop(self) -> None:
+        """Beat, and end dead processes' answers, every eighth of ``CHAT_PROCESS_TIMEOUT``;
+        sweep answers by age every half ``CHAT_ORPHAN_AFTER``."""
+        loop = asyncio.get_running_loop()
+        next_age_sweep = loop.time()
         while True:
             try:
-                await sweep_once()
+                await store.beat(liveness.process_id(), *liveness.describe())
+                await sweep_dead_processes()
+                if loop.time() >= next_age_sweep:
+                    await sweep_once()
+                    next_age_sweep = loop.time() + conf.CHAT_ORPHAN_AFTER / 2
             except Exception:
                 logger.exception("The orphaned-answer sweep failed; it runs again later")
-            await asyncio.sleep(conf.CHAT_ORPHAN_AFTER / 2)
+            await asyncio.sleep(conf.CHAT_PROCESS_TIMEOUT / 8)
 
     async def stop(self) -> None:
         if self.task is not None:

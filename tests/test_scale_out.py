@@ -360,3 +360,27 @@ async def test_nul_characters_are_stored_exactly_as_shown_on_postgresql(
         ("assistant", "complete", shown),
     ]
     assert frames[-1]["finish_reason"] == "f" * 100
+
+
+# Only the heartbeat can end the answer in time: its row is fresh, the age sweep a minute away.
+@pytest.mark.parametrize("orphan_after", ["60"])
+async def test_a_killed_process_is_noticed_within_five_seconds(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    upstream.script(hanging("Half an answer"))
+    async with cluster.open(0) as a, cluster.open(1) as b:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        await b.recv()
+        await checkpointed(database, answer)
+        cluster.sites[0].process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        done = (await receive_until(b, "done", timeout=10))[-1]
+        noticed = time.monotonic() - killed
+    print(f"a SIGKILLed process was noticed after {noticed:.2f} s")
+    assert (done["status"], done["error"]["code"]) == ("interrupted", "interrupted")
+    assert noticed < 5
+    with psycopg.connect(database) as db:
+        row = db.execute("SELECT status, content FROM chat_message WHERE id = %s", (answer,))
+        assert row.fetchone() == ("interrupted", "Half an answer")
