@@ -118,6 +118,9 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="chat.E015",
             )
         )
+    drain = conf.CHAT_DRAIN_TIMEOUT
+    if not isinstance(drain, int | float) or isinstance(drain, bool) or drain < 0:
+        errors.append(Error("CHAT_DRAIN_TIMEOUT should be 0 or more seconds.", id="chat.E016"))
     if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):
         errors.append(Error("CHAT_MAX_EVENT_BYTES should be a positive integer.", id="chat.E008"))
     if conf.demo_mode and not settings.DEBUG:

@@ -159,6 +159,12 @@ class Settings:
         return getattr(settings, "CHAT_ORPHAN_AFTER", 30.0)
 
     @property
+    def CHAT_DRAIN_TIMEOUT(self) -> float:
+        """Seconds a stopping process keeps writing its running answers (its pages
+        reconnect elsewhere meanwhile); what still runs then is saved as interrupted."""
+        return getattr(settings, "CHAT_DRAIN_TIMEOUT", 120.0)
+
+    @property
     def CHAT_PROCESS_TIMEOUT(self) -> float:
         """Seconds without a heartbeat after which a process counts as dead, its answers
         ``interrupted``. It beats every eighth of this, and the others look as often: a

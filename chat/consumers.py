@@ -16,7 +16,7 @@ import uuid
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import auth, demo, lifespan, metrics, store, turns
+from chat import auth, demo, lifespan, metrics, sockets, store, turns
 from chat.auth import owner_of
 from chat.conf import conf
 from chat.delivery import Delivery, SlowReader
@@ -29,6 +29,7 @@ from chat.protocol import (
     ClientFrame,
     ConversationFrame,
     Edit,
+    ErrorFrame,
     HistoryFrame,
     MessageInfo,
     Pong,
@@ -51,6 +52,10 @@ CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_READING = 4408
 CLOSE_TOO_MANY_FRAMES = 4429
 CLOSE_SERVER_ERROR = 1011
+#: The standard codes above 1000 (1011, 1012) are the server's to send: daphne
+#: (autobahn) lets an application close only with 1000 or 3000-4999, and raises
+#: otherwise. Each has a 4xxx stand-in, as 4401/4408/4429 mirror HTTP's codes.
+STAND_INS = {CLOSE_SERVER_ERROR: 4500, sockets.RESTARTING: sockets.RESTARTING_APP}
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -72,10 +77,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         )
         self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
         self.flooded = False
-        self.logged_out = False
+        self.closing: tuple[int, ErrorFrame | None] | None = None  # once the sender stops
         await self.accept()
         metrics.SOCKETS.inc()
         self.counted = True
+        if lifespan.draining():
+            # This process is stopping: the page reconnects, to one that stays.
+            await self.close_with(sockets.RESTARTING)
+            return
         if self.owner is None:
             # Accept first so the page can show why, then close with an app code.
             await self.delivery.send_frame(error_frame("not_authenticated", "Log in to chat."))
@@ -85,6 +94,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.session_key = session.session_key if session is not None else None
         if self.session_key:
             auth.track(self.session_key, self.end_session)
+        sockets.opened(self.close_soon)
         self.sender = asyncio.create_task(self.send_loop(), name="chat-socket-sender")
 
     async def disconnect(self, code: int) -> None:
@@ -93,6 +103,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self.counted = False
         if self.session_key:
             auth.untrack(self.session_key, self.end_session)
+        sockets.closed(self.close_soon)
         if self.watching is not None:
             if (running := registry.running_in(self.watching)) is not None:
                 running.answer.note("client_disconnected", code=code)
@@ -112,16 +123,36 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.close(code=CLOSE_NOT_READING)
         except Exception:
             logger.exception("Sending to a chat socket failed; closing it")
-            await self.close(code=CLOSE_SERVER_ERROR)
+            await self.close_with(CLOSE_SERVER_ERROR)
         else:
-            if self.logged_out:
-                await self.delivery.send_frame(error_frame("not_authenticated", "You logged out."))
-                await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            if self.closing is not None:
+                code, frame = self.closing
+                if frame is not None:
+                    await self.delivery.send_frame(frame)
+                await self.close_with(code)
+
+    async def close_with(self, code: int) -> None:
+        """Close with ``code``, or its 4xxx stand-in where the server refuses it (daphne)."""
+        try:
+            await self.close(code=code)
+        except Exception:  # autobahn raises a bare Exception for a code it will not send
+            if code not in STAND_INS:
+                raise
+            await self.close(code=STAND_INS[code])
 
     def end_session(self) -> None:
         """The session logged out (``chat.auth``): the sender tells the page, then closes."""
-        self.logged_out = True
+        self.closing = (
+            CLOSE_NOT_AUTHENTICATED,
+            error_frame("not_authenticated", "You logged out."),
+        )
         self.delivery.stop()
+
+    def close_soon(self, code: int) -> None:
+        """Close once what is queued was sent (``chat.sockets``: the process is stopping)."""
+        if self.closing is None:
+            self.closing = (code, None)
+            self.delivery.stop()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.owner is None or self.flooded:
@@ -167,6 +198,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                     "slow_down", "Too many conversations opened at once; try again in a moment."
                 )
         if isinstance(frame, Send | Edit | Regenerate):
+            if lifespan.draining():
+                raise ClientError(
+                    "restarting", "The server is restarting: send it again in a moment."
+                )
             await self.start_turn(frame)
         elif isinstance(frame, Switch):
             conversation = await store.switch_branch(self.owner, frame.message)

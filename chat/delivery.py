@@ -107,7 +107,7 @@ class Delivery:
         self.outbox.appendleft(history)
 
     def stop(self) -> None:
-        """Make ``run`` return once it wakes (the socket is about to close)."""
+        """Make ``run`` return once it sent what is queued (the socket is about to close)."""
         self.stopping = True
         self.wake.set()
 
@@ -119,14 +119,14 @@ class Delivery:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            if self.stopping:
-                return
             while self.outbox and not self.holding:
                 frames = list(self.outbox)
                 self.outbox.clear()
                 for frame in coalesce(frames):
                     await self.forward(frame)
                 await self._pace()
+            if self.stopping:
+                return  # after what was queued (an answer's end before a restart)
 
     async def send_frame(self, frame: Any) -> None:
         """Send a frame, in ``part`` frames if it is over ``frame_limit``.

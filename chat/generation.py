@@ -448,6 +448,12 @@ class Registry:
             tasks.add(self._checkpointer)
         return frozenset(tasks)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait for the running answers (and their titles) to end, at most ``timeout`` s."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def shutdown(self) -> None:
         """Interrupt every running generation and wait until each has saved its text."""
         tasks = list(self._tasks)

@@ -17,7 +17,8 @@ from typing import Any
 
 from django.db import DatabaseError
 
-from chat import liveness, metrics, store
+from chat import liveness, metrics, sockets, store
+from chat.conf import conf
 from chat.fanout import hub
 from chat.generation import registry
 from chat.sweep import sweeper
@@ -34,16 +35,36 @@ def draining() -> bool:
     return _shutting_down
 
 
-async def shutdown() -> None:
-    """Interrupt running answers (each saves its text), then close the upstream client."""
+async def drain() -> None:
+    """Stop taking turns and sockets, tell the pages to reconnect (to another process),
+    and let the running answers go on to their end, up to ``CHAT_DRAIN_TIMEOUT``."""
     global _shutting_down
+    if _shutting_down:
+        return
     _shutting_down = True
     metrics.DRAINING.set(1)
+    running = len(registry.running_ids())
+    if not running or not conf.CHAT_DRAIN_TIMEOUT:
+        return
+    closed = sockets.close_all()
+    logger.info(
+        "Draining: %d socket(s) told to reconnect, %d answer(s) to finish within %g s",
+        closed,
+        running,
+        conf.CHAT_DRAIN_TIMEOUT,
+    )
+    await registry.drain(conf.CHAT_DRAIN_TIMEOUT)  # the heartbeat goes on meanwhile
+
+
+async def shutdown() -> None:
+    """Drain (if not done yet), save what still runs as interrupted, close everything."""
+    await drain()
     running = len(registry.running_ids())
     if running:
         logger.info("Shutting down: saving %d running answer(s) as interrupted", running)
     await sweeper.stop()
     await registry.shutdown()
+    sockets.close_all()  # after the ends of interrupted answers
     try:
         await store.forget_process(liveness.process_id())
     except DatabaseError:

@@ -29,9 +29,40 @@ def install_uvloop() -> str:
     return "uvloop" if isinstance(twisted_loop, uvloop.Loop) else "asyncio"
 
 
+def drain_on_sigterm() -> None:
+    """On SIGTERM, drain before daphne stops (a deploy then interrupts no answer).
+
+    daphne cancels every application as soon as its reactor begins to stop, so a
+    drain that starts then could no longer tell the pages to reconnect: the
+    signal is taken first, the drain run, and only then the reactor stopped.
+    """
+    from twisted.internet import reactor
+
+    draining: set[asyncio.Future[None]] = set()  # held until done: the loop keeps weak refs
+
+    async def drain_then_stop() -> None:
+        from chat import lifespan  # Django is set up by now: the application is loaded
+
+        try:
+            await lifespan.drain()
+        finally:
+            reactor.stop()  # type: ignore[misc]  # twisted's reactor is untyped
+
+    def start_draining() -> None:
+        if not draining:  # a second SIGTERM while draining changes nothing
+            draining.add(asyncio.ensure_future(drain_then_stop()))
+
+    def on_sigterm(number: int, frame: object = None) -> None:
+        reactor.callFromThread(start_draining)
+
+    # Twisted installs ``reactor.sigTerm`` as the SIGTERM handler when it starts to run.
+    reactor.sigTerm = on_sigterm
+
+
 def main() -> None:
     loop = install_uvloop()
     print(f"chat.server: daphne on the {loop} event loop", file=sys.stderr, flush=True)
+    drain_on_sigterm()
     from daphne.cli import CommandLineInterface
 
     sys.argv[0] = "daphne"

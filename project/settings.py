@@ -178,6 +178,8 @@ CHAT_AUTO_TITLE = env_flag("CHAT_AUTO_TITLE", True)
 _NUMBERS: dict[str, type[int] | type[float]] = {
     "CHAT_DEMO_TOKENS_PER_SECOND": float,
     "CHAT_ORPHAN_AFTER": float,
+    "CHAT_DRAIN_TIMEOUT": float,
+    "CHAT_PROCESS_TIMEOUT": float,
     "CHAT_CHECKPOINT_INTERVAL": float,
     "CHAT_SLOW_CLIENT_TIMEOUT": float,
     "CHAT_MAX_RETRIES": int,

@@ -34,7 +34,10 @@ def site_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHAT_"))}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'site.sqlite3'}", DJANGO_DEBUG="1")
-    env.update(PYTHONUNBUFFERED="1", **extra)
+    # A test's server stops at once (answers still running are saved as interrupted);
+    # the tests of draining ask for it.
+    env.update(PYTHONUNBUFFERED="1", CHAT_DRAIN_TIMEOUT="0")
+    env.update(**extra)
     return env
 
 

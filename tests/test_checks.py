@@ -49,6 +49,7 @@ def test_the_defaults_pass(settings: Any) -> None:
         pytest.param("CHAT_FIRST_BYTE_TIMEOUT", 0, "chat.E002", id="first-byte-timeout"),
         pytest.param("CHAT_HISTORIES_PER_MINUTE", 0, "chat.E012", id="histories-per-minute"),
         pytest.param("CHAT_PROCESS_TIMEOUT", -1, "chat.E002", id="process-timeout"),
+        pytest.param("CHAT_DRAIN_TIMEOUT", -1, "chat.E016", id="drain-timeout"),
     ],
 )
 def test_a_bad_setting_is_reported(settings: Any, name: str, value: Any, check_id: str) -> None:

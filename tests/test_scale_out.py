@@ -88,12 +88,18 @@ def orphan_after() -> str:
 
 
 @pytest.fixture
+def drain_timeout() -> str:
+    return "0"  # a stopped process interrupts at once, unless a test asks for draining
+
+
+@pytest.fixture
 async def cluster(
     tmp_path: Path,
     database: str,
     upstream: FakeUpstream,
     checkpoint_interval: str,
     orphan_after: str,
+    drain_timeout: str,
 ) -> AsyncIterator[Cluster]:
     env = site_environment(
         tmp_path,
@@ -105,6 +111,7 @@ async def cluster(
         CHAT_MODEL="fake-model",
         CHAT_AUTO_TITLE="0",  # each test scripts the answers only
         CHAT_ORPHAN_AFTER=orphan_after,
+        CHAT_DRAIN_TIMEOUT=drain_timeout,
         CHAT_CHECKPOINT_INTERVAL=checkpoint_interval,
     )
     await asyncio.to_thread(manage, env, "migrate", "--noinput")
@@ -384,3 +391,32 @@ async def test_a_killed_process_is_noticed_within_five_seconds(
     with psycopg.connect(database) as db:
         row = db.execute("SELECT status, content FROM chat_message WHERE id = %s", (answer,))
         assert row.fetchone() == ("interrupted", "Half an answer")
+
+
+@pytest.mark.parametrize("drain_timeout", ["30"])
+async def test_a_deploy_lets_the_answer_finish_while_its_page_moves_to_another_process(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    release = asyncio.Event()
+    upstream.script(paused(["Before the deploy. "], release, ["After it."]))
+    async with cluster.open(0) as a:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+        cluster.sites[0].process.send_signal(signal.SIGTERM)  # a rolling restart begins
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await a.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503  # 1012 stand-in
+    # The page reconnects, to the process that stays, and watches the answer there.
+    async with cluster.open(1) as b:
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        history = json.loads(await b.recv())
+        release.set()  # the model goes on writing, to the draining process
+        frames = await receive_until(b, "done")
+    assert rebuild_from(history, frames, answer) == "Before the deploy. After it."
+    assert frames[-1]["status"] == "complete"
+    # The draining process exits by itself once its answer is saved.
+    assert await asyncio.to_thread(cluster.sites[0].process.wait, 15) is not None
+    with psycopg.connect(database) as db:
+        row = db.execute("SELECT status, content FROM chat_message WHERE id = %s", (answer,))
+        assert row.fetchone() == ("complete", "Before the deploy. After it.")

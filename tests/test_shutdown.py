@@ -15,15 +15,22 @@ import websockets
 from chat.lifespan import LifespanApp, shutdown
 from chat.models import Message
 from tests.conftest import Connect
-from tests.fake_upstream import FakeUpstream, hanging
+from tests.fake_upstream import FakeUpstream, hanging, paused
 from tests.servers import PASSWORD, USER, daphne, log_in, prepare_site
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 
-async def test_shutdown_saves_running_answers_as_interrupted(
-    connect: Connect, fake_upstream: FakeUpstream, user: Any
+@pytest.fixture(autouse=True)
+def running_again(monkeypatch: Any) -> None:
+    """A test that shuts the process down leaves it running for the next test."""
+    monkeypatch.setattr("chat.lifespan._shutting_down", False)
+
+
+async def test_shutdown_without_draining_saves_running_answers_as_interrupted(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
 ) -> None:
+    settings.CHAT_DRAIN_TIMEOUT = 0
     fake_upstream.script(hanging("Half an", " answer"))
     chat = await connect(user)
     answer_id = await chat.start_answer("go")
@@ -36,6 +43,41 @@ async def test_shutdown_saves_running_answers_as_interrupted(
     assert fake_upstream.requests[0].client_closed.is_set()
     stored = await Message.objects.aget(pk=answer_id)
     assert (stored.status, stored.content) == ("interrupted", "Half an answer")
+
+
+async def test_a_draining_process_tells_its_pages_to_reconnect_and_finishes_its_answers(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_DRAIN_TIMEOUT = 30
+    release = asyncio.Event()
+    fake_upstream.script(paused(["Before the deploy. "], release, ["After it."]))
+    chat = await connect(user)
+    answer_id = await chat.start_answer("go")
+    draining = asyncio.create_task(shutdown())
+    closed = await chat.communicator.receive_output(timeout=5)
+    while closed["type"] != "websocket.close":
+        closed = await chat.communicator.receive_output(timeout=5)
+    assert closed["code"] == 1012  # Service Restart: reconnect, to another process
+    late = await connect(user, expect_accept=True)  # a socket that comes now is sent on too
+    assert (await late.communicator.receive_output(timeout=5))["code"] == 1012
+    assert not draining.done()  # the answer still runs
+    release.set()
+    await asyncio.wait_for(draining, 10)
+    stored = await Message.objects.aget(pk=answer_id)
+    assert (stored.status, stored.content) == ("complete", "Before the deploy. After it.")
+
+
+async def test_what_still_runs_at_the_drain_deadline_is_saved_as_interrupted(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    settings.CHAT_DRAIN_TIMEOUT = 0.3
+    fake_upstream.script(hanging("Never finished"))
+    chat = await connect(user)
+    answer_id = await chat.start_answer("go")
+    await chat.receive_text("Never finished")
+    await asyncio.wait_for(shutdown(), 5)
+    stored = await Message.objects.aget(pk=answer_id)
+    assert (stored.status, stored.content) == ("interrupted", "Never finished")
 
 
 async def test_the_lifespan_app_runs_shutdown(monkeypatch: Any) -> None:

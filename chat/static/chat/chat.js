@@ -67,6 +67,13 @@
       showConnection("Disconnected. Log in and reload the page to chat.");
       return;
     }
+    if (event.code === 1012 || event.code === 4503) {
+      // The server process is restarting (a deploy): another one takes over at once,
+      // and the answer being written goes on there.
+      showConnection("Reconnecting…");
+      window.setTimeout(connect, 100 + Math.random() * 400);
+      return;
+    }
     var delay = Math.min(10000, 500 * Math.pow(2, retries)) * (0.75 + Math.random() / 2);
     retries += 1;
     showConnection("Connection lost. Reconnecting…");
