@@ -12,11 +12,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from channels.auth import get_user
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.contrib.auth.signals import user_logged_out
+from django.http import HttpRequest
 
 from chat.conf import conf
 from chat.models import Owner
@@ -43,13 +45,9 @@ def owner_of(scope: dict[str, Any]) -> Owner | None:
     return owner(scope.get("user"), scope.get("session"))
 
 
-@in_db_thread
-def _session_exists(session: Any) -> bool:
-    return bool(session.exists(session.session_key))
-
-
-async def still_logged_in(scope: dict[str, Any], owner: Owner) -> bool:
-    """Whether the socket's session, read afresh, still logs in ``owner``.
+def session_is_current(scope: dict[str, Any], owner: Owner) -> bool:
+    """Whether the socket's session, read afresh, still logs in ``owner`` (database calls:
+    run it in the database thread, with the turn's own work where there is one).
 
     False once the session was logged out (flushed), expired, or its user's
     password changed (Django's session auth hash no longer matches).
@@ -60,9 +58,14 @@ async def still_logged_in(scope: dict[str, Any], owner: Owner) -> bool:
         return False
     fresh = import_module(settings.SESSION_ENGINE).SessionStore(key)
     if owner.user_id is None:  # anonymous chat: the session is the identity
-        return await _session_exists(fresh)
-    user: Any = await get_user({"session": fresh})
+        return bool(fresh.exists(key))
+    # Django's own check (the session's user, its backend, the auth hash and its
+    # fallbacks) reads only ``request.session``.
+    user = get_user(cast(HttpRequest, SimpleNamespace(session=fresh)))
     return bool(user.is_authenticated and user.pk == owner.user_id)
+
+
+still_logged_in = in_db_thread(session_is_current)
 
 
 Ender = Callable[[], None]

@@ -178,7 +178,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         try:
             if isinstance(frame, ClientError):
                 raise frame
-            if not await auth.still_logged_in(self.scope, self.owner):
+            # A turn checks the session in its own database call (one hop, not two).
+            turn = isinstance(frame, Send | Edit | Regenerate)
+            if not turn and not await auth.still_logged_in(self.scope, self.owner):
                 raise SessionEnded("Your session ended (logged out): log in again to chat.")
             await self.handle(frame)
         except ClientError as error:
@@ -219,7 +221,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         """Store the turn the frame asks for, show its conversation here, start its answer."""
         assert self.owner is not None
         config = self.upstream_config()
-        turn = await turns.store_turn(self.owner, frame, config)
+        owner, scope = self.owner, self.scope
+        turn = await turns.store_turn(
+            owner, frame, config, still_allowed=lambda: auth.session_is_current(scope, owner)
+        )
         await self.watch(turn.conversation.id)
         self.delivery.shown = turn.conversation.id  # the store checked the owner
         if turn.created:

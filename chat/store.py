@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from chat import liveness
 from chat.conf import conf
-from chat.exceptions import ClientError, ConversationBusy
+from chat.exceptions import ClientError, ConversationBusy, SessionEnded
 from chat.models import (
     Conversation,
     DailyUsage,
@@ -248,6 +248,16 @@ def _turn(
     )
 
 
+def _check(still_allowed: Callable[[], bool] | None) -> None:
+    """A turn's first step: the caller's check that the user may still chat (the session).
+
+    Done in the turn's own database call: one thread hop a turn, not two (turns
+    queue on Channels' one database thread).
+    """
+    if still_allowed is not None and not still_allowed():
+        raise SessionEnded("Your session ended (logged out): log in again to chat.")
+
+
 @in_db_thread
 def start_turn(
     owner: Owner,
@@ -257,12 +267,14 @@ def start_turn(
     parent_id: uuid.UUID | None = None,
     model: str,
     system_prompt: str,
+    still_allowed: Callable[[], bool] | None = None,
 ) -> Turn:
     """Store the user's message and an empty ``streaming`` answer; return the history.
 
     The question follows ``parent_id`` (an answer the page shows last), or the
     end of the active path when the page does not say.
     """
+    _check(still_allowed)
     with transaction.atomic():
         asking = Asking(model, system_prompt, check_limits(owner))
         if conversation_id is None:
@@ -286,9 +298,16 @@ def start_turn(
 
 @in_db_thread
 def edit_turn(
-    owner: Owner, message_id: uuid.UUID, content: str, *, model: str, system_prompt: str
+    owner: Owner,
+    message_id: uuid.UUID,
+    content: str,
+    *,
+    model: str,
+    system_prompt: str,
+    still_allowed: Callable[[], bool] | None = None,
 ) -> Turn:
     """Ask an edited version of a question: a new branch beside the original, which is kept."""
+    _check(still_allowed)
     with transaction.atomic():
         asking = Asking(model, system_prompt, check_limits(owner))
         original = _owned_message(owner, message_id, Message.Roles.USER)
@@ -298,8 +317,16 @@ def edit_turn(
 
 
 @in_db_thread
-def regenerate_turn(owner: Owner, message_id: uuid.UUID, *, model: str, system_prompt: str) -> Turn:
+def regenerate_turn(
+    owner: Owner,
+    message_id: uuid.UUID,
+    *,
+    model: str,
+    system_prompt: str,
+    still_allowed: Callable[[], bool] | None = None,
+) -> Turn:
     """Answer the same question again: a new answer beside the old one, which is kept."""
+    _check(still_allowed)
     with transaction.atomic():
         asking = Asking(model, system_prompt, check_limits(owner))
         previous = _owned_message(owner, message_id, Message.Roles.ASSISTANT)

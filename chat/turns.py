@@ -10,7 +10,8 @@ nothing runs it any more.
 from __future__ import annotations
 
 import uuid
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from chat import control, store
 from chat.conf import conf
@@ -26,20 +27,35 @@ from chat.upstream import UpstreamConfig
 Asked = Send | Edit | Regenerate
 
 
-async def store_turn(owner: Owner, frame: Asked, config: UpstreamConfig) -> Turn:
-    """Store the turn ``frame`` asks for: the question (unless regenerated) and an empty answer."""
+async def store_turn(
+    owner: Owner,
+    frame: Asked,
+    config: UpstreamConfig,
+    *,
+    still_allowed: Callable[[], bool] | None = None,
+) -> Turn:
+    """Store the turn ``frame`` asks for: the question (unless regenerated) and an empty answer.
+
+    ``still_allowed`` runs first, in the same database call (the session check).
+    """
     try:
-        return await _store(owner, frame, config)
+        return await _store(owner, frame, config, still_allowed)
     except ConversationBusy as busy:
         # The answer in the way may have lost its process (killed): if no
         # process runs it, it is marked interrupted now and the turn goes ahead.
         if not await interrupt_if_orphaned(busy.message_id):
             raise
-        return await _store(owner, frame, config)
+        return await _store(owner, frame, config, still_allowed)
 
 
-async def _store(owner: Owner, frame: Asked, config: UpstreamConfig) -> Turn:
-    options = {"model": config.model, "system_prompt": conf.CHAT_SYSTEM_PROMPT}
+async def _store(
+    owner: Owner, frame: Asked, config: UpstreamConfig, still_allowed: Callable[[], bool] | None
+) -> Turn:
+    options: dict[str, Any] = {
+        "model": config.model,
+        "system_prompt": conf.CHAT_SYSTEM_PROMPT,
+        "still_allowed": still_allowed,
+    }
     if isinstance(frame, Send):
         return await store.start_turn(
             owner, frame.conversation, frame.content, parent_id=frame.parent, **options
