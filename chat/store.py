@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import F
@@ -44,6 +45,23 @@ R = TypeVar("R")
 def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """``database_sync_to_async``, typed: the call runs in Channels' database thread."""
     return database_sync_to_async(func)  # type: ignore[no-any-return]
+
+
+def beside_the_queue(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run in a worker thread with a connection of its own, closed after the call.
+
+    For the heartbeat and the check of the others': behind hundreds of turns
+    queued on Channels' one database thread, a heartbeat would come late, and
+    the other processes would take a busy process for a dead one.
+    """
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(call, thread_sensitive=False)
 
 
 @dataclass(slots=True)
@@ -393,7 +411,7 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
                 logger.exception("Could not checkpoint message %s", row[3])
 
 
-@in_db_thread
+@beside_the_queue
 def beat(process_id: uuid.UUID, host: str, pid: int) -> None:
     """This process is alive: renew its heartbeat row (made on the first beat)."""
     now = timezone.now()
@@ -407,8 +425,7 @@ def forget_process(process_id: uuid.UUID) -> None:
     Process.objects.filter(pk=process_id).delete()
 
 
-@in_db_thread
-def interrupt_orphans(
+def _interrupt_orphans(
     *,
     older_than: float,
     running: list[uuid.UUID],
@@ -462,6 +479,11 @@ def interrupt_orphans(
             record_usage(owner.key, usage, answers=1)
         Process.objects.filter(pk__in=dead).delete()
     return orphans
+
+
+interrupt_orphans = in_db_thread(_interrupt_orphans)
+#: The same, for the answers of dead processes: beside the queue, like the heartbeat.
+interrupt_dead_processes = beside_the_queue(_interrupt_orphans)
 
 
 @in_db_thread

@@ -57,7 +57,7 @@ async def sweep_once() -> int:
 
 async def sweep_dead_processes() -> int:
     """End the answers of processes whose heartbeat stopped (``chat.liveness``)."""
-    orphans = await store.interrupt_orphans(
+    orphans = await store.interrupt_dead_processes(
         older_than=0,
         running=list(registry.running_ids()),
         detail=INTERRUPTED["detail"],
