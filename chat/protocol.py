@@ -389,6 +389,16 @@ def conversation_payload(conversation: Conversation) -> ConversationInfo:
     }
 
 
+def stored_usage(message: Message) -> UsageInfo:
+    """A message's usage as it is stored (reported, estimated, or none yet)."""
+    return {
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "total_tokens": message.total_tokens,
+        "estimated": message.usage_estimated,
+    }
+
+
 def message_payload(
     message: Message, *, html: str = "", rendered: int = 0, versions: list[str] | None = None
 ) -> MessageInfo:
@@ -413,12 +423,7 @@ def message_payload(
         "status": cast(Status, message.status),
         "finish_reason": message.finish_reason or None,
         "error": error,
-        "usage": {
-            "prompt_tokens": message.prompt_tokens,
-            "completion_tokens": message.completion_tokens,
-            "total_tokens": message.total_tokens,
-            "estimated": message.usage_estimated,
-        },
+        "usage": stored_usage(message),
         "model": message.model,
         "created_at": message.created_at.isoformat(),
         "html": html,

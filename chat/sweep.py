@@ -18,7 +18,7 @@ from chat.conf import conf
 from chat.fanout import hub
 from chat.generation import registry
 from chat.models import Message
-from chat.protocol import INTERRUPTED, DoneFrame, done_frame
+from chat.protocol import INTERRUPTED, DoneFrame, done_frame, stored_usage
 from chat.rendering import off_loop, render_markdown
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,7 @@ def interrupted_frame(message: Message, html: str) -> DoneFrame:
         message.conversation_id,
         length=len(message.content),
         status="interrupted",
-        usage={
-            "prompt_tokens": message.prompt_tokens,
-            "completion_tokens": message.completion_tokens,
-            "total_tokens": message.total_tokens,
-            "estimated": message.usage_estimated,
-        },
+        usage=stored_usage(message),
         error=INTERRUPTED,
         html=html,
     )

@@ -9,6 +9,7 @@ skipped, and ``.ci/run`` refuses to run without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -293,18 +294,25 @@ async def checkpointed(database: str, message: str) -> str:
             await asyncio.sleep(0.05)
 
 
-# The periodic sweep would take a minute: only the stop can end the answer in time.
-@pytest.mark.parametrize("orphan_after", ["60"])
-async def test_a_stop_ends_at_once_an_answer_whose_process_was_killed(
-    cluster: Cluster, upstream: FakeUpstream, database: str
-) -> None:
-    upstream.script(hanging("Half an answer"), stream(*completion(["Again."])))
+@contextlib.asynccontextmanager
+async def watched_elsewhere(cluster: Cluster, database: str) -> AsyncIterator[tuple[Any, str, str]]:
+    """An answer running on process 0, checkpointed, and a socket on process 1 watching it."""
     async with cluster.open(0) as a, cluster.open(1) as b:
         conversation, answer = await start_answer(a)
         await receive_until(a, "delta")
         await b.send(json.dumps({"type": "watch", "conversation": conversation}))
         await b.recv()
         await checkpointed(database, answer)
+        yield b, conversation, answer
+
+
+# The periodic sweep would take a minute: only the stop can end the answer in time.
+@pytest.mark.parametrize("orphan_after", ["60"])
+async def test_a_stop_ends_at_once_an_answer_whose_process_was_killed(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    upstream.script(hanging("Half an answer"), stream(*completion(["Again."])))
+    async with watched_elsewhere(cluster, database) as (b, conversation, answer):
         cluster.sites[0].process.send_signal(signal.SIGKILL)
         cluster.sites[0].process.wait(timeout=5)
         started = time.monotonic()
@@ -375,12 +383,7 @@ async def test_a_killed_process_is_noticed_within_five_seconds(
     cluster: Cluster, upstream: FakeUpstream, database: str
 ) -> None:
     upstream.script(hanging("Half an answer"))
-    async with cluster.open(0) as a, cluster.open(1) as b:
-        conversation, answer = await start_answer(a)
-        await receive_until(a, "delta")
-        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
-        await b.recv()
-        await checkpointed(database, answer)
+    async with watched_elsewhere(cluster, database) as (b, _, answer):
         cluster.sites[0].process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         done = (await receive_until(b, "done", timeout=10))[-1]
