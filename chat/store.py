@@ -52,7 +52,10 @@ def beside_the_queue(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]
 
     For the heartbeat and the check of the others': behind hundreds of turns
     queued on Channels' one database thread, a heartbeat would come late, and
-    the other processes would take a busy process for a dead one.
+    the other processes would take a busy process for a dead one. Not on SQLite:
+    a second connection writing beside the first can make SQLite refuse a turn's
+    write at once ("database is locked"), and a process on SQLite has no peers
+    waiting on its heartbeat anyway.
     """
 
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -61,7 +64,16 @@ def beside_the_queue(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]
         finally:
             connection.close()
 
-    return sync_to_async(call, thread_sensitive=False)
+    beside = sync_to_async(call, thread_sensitive=False)
+    queued = in_db_thread(func)
+
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if connection.vendor == "sqlite":
+            return await queued(*args, **kwargs)
+        result: R = await beside(*args, **kwargs)
+        return result
+
+    return run
 
 
 @dataclass(slots=True)

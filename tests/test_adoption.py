@@ -128,6 +128,8 @@ def serving(command: str, cwd: Path, env: dict[str, str], bin_dir: Path) -> Iter
         process.terminate()
         process.wait(timeout=15)
         if process.stderr is not None:
+            # Shown by pytest only when the test fails: the server's side of it.
+            print(f"--- {command}:\n{process.stderr.read()[-20_000:]}")
             process.stderr.close()
 
 
