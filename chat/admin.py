@@ -20,7 +20,7 @@ from chat.protocol import conversation_payload, message_payload
 from chat.store import versions_of
 
 
-class ReadOnlyMixin:
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Transcripts are a record: staff read them, nobody edits them here.
 
     Without add and change permission the admin shows every field read-only.
@@ -119,7 +119,7 @@ def _download(content: str, filename: str, content_type: str) -> HttpResponse:
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class ConversationAdmin(ReadOnlyAdmin):
     list_display = (
         "__str__",
         "owner",
@@ -220,7 +220,7 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-a
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class MessageAdmin(ReadOnlyAdmin):
     list_display = (
         "__str__",
         "conversation",
@@ -289,7 +289,7 @@ def _timeline(message: Message) -> str:
 
 
 @admin.register(StreamingAnswer)
-class StreamingAnswerAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class StreamingAnswerAdmin(ReadOnlyAdmin):
     """The answers being written now, in every process; staff with the permission stop them."""
 
     list_display = ("created_at", "owner", "conversation", "model", "characters", "saved_at")
@@ -328,7 +328,7 @@ class StreamingAnswerAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[typ
 
 
 @admin.register(DailyUsage)
-class DailyUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class DailyUsageAdmin(ReadOnlyAdmin):
     """Each user's tokens a day, reported by the upstream or estimated where it said nothing."""
 
     list_display = (

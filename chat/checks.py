@@ -16,6 +16,29 @@ from chat.conf import conf
 MIN_FRAME_BYTES = 4096  # room for a part frame's envelope and some text
 MAX_FRAME_BYTES = 1024 * 1024  # daphne's (autobahn's) limit on an outgoing message
 
+#: Settings in seconds: each should be a positive number (chat.E002).
+DURATIONS = (
+    "CHAT_CHECKPOINT_INTERVAL",
+    "CHAT_CONNECT_TIMEOUT",
+    "CHAT_READ_TIMEOUT",
+    "CHAT_RETRY_BACKOFF",
+    "CHAT_MAX_RETRY_AFTER",
+    "CHAT_DEMO_TOKENS_PER_SECOND",
+    "CHAT_ORPHAN_AFTER",
+    "CHAT_FRAMES_PER_SECOND",
+    "CHAT_SLOW_CLIENT_TIMEOUT",
+    "CHAT_TITLE_TIMEOUT",
+    "CHAT_FIRST_BYTE_TIMEOUT",
+    "CHAT_PROCESS_TIMEOUT",
+)
+#: Settings that count or rate something: each should be a positive integer (chat.E012).
+COUNTS = (
+    "CHAT_MAX_RUNNING_ANSWERS",
+    "CHAT_TURNS_PER_MINUTE",
+    "CHAT_SEND_WINDOW",
+    "CHAT_HISTORIES_PER_MINUTE",
+)
+
 
 def _positive_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
@@ -51,30 +74,15 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
     errors: list[CheckMessage] = []
     if not _positive_int(conf.CHAT_MAX_MESSAGE_CHARS):
         errors.append(Error("CHAT_MAX_MESSAGE_CHARS should be a positive integer.", id="chat.E001"))
-    for name in (
-        "CHAT_CHECKPOINT_INTERVAL",
-        "CHAT_CONNECT_TIMEOUT",
-        "CHAT_READ_TIMEOUT",
-        "CHAT_RETRY_BACKOFF",
-        "CHAT_MAX_RETRY_AFTER",
-        "CHAT_DEMO_TOKENS_PER_SECOND",
-        "CHAT_ORPHAN_AFTER",
-        "CHAT_FRAMES_PER_SECOND",
-        "CHAT_SLOW_CLIENT_TIMEOUT",
-        "CHAT_TITLE_TIMEOUT",
-        "CHAT_FIRST_BYTE_TIMEOUT",
-        "CHAT_PROCESS_TIMEOUT",
+    for names, valid, wanted, check_id in (
+        (DURATIONS, _positive_number, "a positive number of seconds", "chat.E002"),
+        (COUNTS, _positive_int, "a positive integer", "chat.E012"),
     ):
-        if not _positive_number(getattr(conf, name)):
-            errors.append(Error(f"{name} should be a positive number of seconds.", id="chat.E002"))
-    for name in (
-        "CHAT_MAX_RUNNING_ANSWERS",
-        "CHAT_TURNS_PER_MINUTE",
-        "CHAT_SEND_WINDOW",
-        "CHAT_HISTORIES_PER_MINUTE",
-    ):
-        if not _positive_int(getattr(conf, name)):
-            errors.append(Error(f"{name} should be a positive integer.", id="chat.E012"))
+        errors += [
+            Error(f"{name} should be {wanted}.", id=check_id)
+            for name in names
+            if not valid(getattr(conf, name))
+        ]
     budget = conf.CHAT_DAILY_TOKEN_BUDGET
     if budget is not None and not _positive_int(budget):
         errors.append(

@@ -7,7 +7,7 @@ contains the API key (``chat.text.redact`` removes it from anything the upstream
 from __future__ import annotations
 
 import uuid
-from typing import Self
+from typing import Any, Self
 
 from chat.text import redact, storable
 
@@ -16,6 +16,12 @@ class ChatError(Exception):
     """Base class of every error the chat app raises on purpose."""
 
     code = "error"
+
+    def __init_subclass__(cls, *, code: str = "", **kwargs: Any) -> None:
+        """``class X(ChatError, code="...")``: the stable code of X, sent to the page and stored."""
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -48,47 +54,41 @@ class ConversationBusy(ClientError):
         self.message_id = message_id
 
 
-class SessionEnded(ChatError):
+class SessionEnded(ChatError, code="not_authenticated"):
     """Raised when the socket's session logged out, or its user's password changed."""
 
-    code = "not_authenticated"
 
-
-class ServerError(ChatError):
+class ServerError(ChatError, code="server_error"):
     """Raised for a bug on our side while an answer ran: the user gets this, the log the cause."""
 
-    code = "server_error"
 
-
-class UpstreamError(ChatError):
+class UpstreamError(ChatError, code="upstream_error"):
     """Raised when the model server fails; the answer is stored as ``failed``."""
 
-    code = "upstream_error"
     #: Safe to try again before any token arrived (nothing was generated or billed twice).
     retryable = False
+
+    def __init_subclass__(cls, *, retryable: bool | None = None, **kwargs: Any) -> None:
+        """``class X(UpstreamError, retryable=True)``: X may be retried (``retryable``)."""
+        super().__init_subclass__(**kwargs)
+        if retryable is not None:
+            cls.retryable = retryable
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
 
 
-class UpstreamAuthError(UpstreamError):
+class UpstreamAuthError(UpstreamError, code="upstream_auth"):
     """Raised when the upstream answers 401 or 403: the API key was rejected."""
 
-    code = "upstream_auth"
 
-
-class UpstreamNotFound(UpstreamError):
+class UpstreamNotFound(UpstreamError, code="model_not_found"):
     """Raised when the upstream answers 404, usually an unknown model name."""
 
-    code = "model_not_found"
 
-
-class UpstreamRateLimited(UpstreamError):
+class UpstreamRateLimited(UpstreamError, code="rate_limited", retryable=True):
     """Raised when the upstream answers 429; ``retry_after`` is in seconds when it said."""
-
-    code = "rate_limited"
-    retryable = True
 
     def __init__(
         self, detail: str, *, status_code: int | None = 429, retry_after: float | None = None
@@ -97,45 +97,29 @@ class UpstreamRateLimited(UpstreamError):
         self.retry_after = retry_after
 
 
-class UpstreamUnavailable(UpstreamError):
+class UpstreamUnavailable(UpstreamError, code="upstream_unavailable", retryable=True):
     """Raised when the upstream answers with a 5xx status."""
 
-    code = "upstream_unavailable"
-    retryable = True
 
-
-class UpstreamRejected(UpstreamError):
+class UpstreamRejected(UpstreamError, code="upstream_rejected"):
     """Raised when the upstream answers another 4xx status (bad request, context too long...)."""
 
-    code = "upstream_rejected"
 
-
-class UpstreamUnreachable(UpstreamError):
+class UpstreamUnreachable(UpstreamError, code="upstream_unreachable", retryable=True):
     """Raised when no connection could be made (refused, DNS failure, TLS failure)."""
 
-    code = "upstream_unreachable"
-    retryable = True
 
-
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamError, code="upstream_timeout"):
     """Raised when the upstream sends no byte for longer than ``CHAT_READ_TIMEOUT``."""
 
-    code = "upstream_timeout"
 
-
-class UpstreamDisconnected(UpstreamError):
+class UpstreamDisconnected(UpstreamError, code="upstream_disconnected"):
     """Raised when the upstream connection breaks before the answer is finished."""
 
-    code = "upstream_disconnected"
 
-
-class UpstreamStreamError(UpstreamError):
+class UpstreamStreamError(UpstreamError, code="upstream_error"):
     """Raised when the stream itself carries an ``error`` object."""
 
-    code = "upstream_error"
 
-
-class UpstreamProtocolError(UpstreamError):
+class UpstreamProtocolError(UpstreamError, code="upstream_garbage"):
     """Raised when the upstream sends something that is not an OpenAI chunk stream."""
-
-    code = "upstream_garbage"

@@ -23,13 +23,12 @@ from chat.exceptions import ChatError, ServerError, UpstreamError
 from chat.fanout import Frame, hub
 from chat.protocol import (
     STOPPED,
-    DeltaFrame,
     ErrorInfo,
     FinalStatus,
     HtmlFrame,
-    ReasoningFrame,
     StopReason,
     done_frame,
+    text_frame,
 )
 from chat.rendering import BlockSplitter, off_loop, render_block, render_markdown
 from chat.text import redact
@@ -167,13 +166,9 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                delta: DeltaFrame = {
-                    "type": "delta",
-                    "message": self._id,
-                    "index": index,
-                    "text": content,
-                }
-                await self.publish(delta, remote=self.shared)
+                await self.publish(
+                    text_frame("delta", self._id, index, content), remote=self.shared
+                )
                 for block in self._splitter.feed(content):
                     self._render(block)
                 if self.budget is not None and self._over_budget():
@@ -182,13 +177,9 @@ class Generation:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
-                thought: ReasoningFrame = {
-                    "type": "reasoning",
-                    "message": self._id,
-                    "index": index,
-                    "text": reasoning,
-                }
-                await self.publish(thought, remote=self.shared)
+                await self.publish(
+                    text_frame("reasoning", self._id, index, reasoning), remote=self.shared
+                )
 
     def _over_budget(self) -> bool:
         assert self.budget is not None

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+    # django-stubs types a foreign key from a direct ``ForeignKey(...)`` call only:
+    # the fields ``_optional_key`` makes are annotated with these.
+    OptionalUser = models.ForeignKey[AbstractBaseUser | None, AbstractBaseUser | None]
+    OptionalMessage = models.ForeignKey["Message | None", "Message | None"]
+
+_T = TypeVar("_T", bound=models.Model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +38,24 @@ class Owner:
     def from_key(cls, key: str) -> Owner:
         kind, _, value = key.partition(":")
         return cls(user_id=int(value)) if kind == "user" else cls(user_id=None, session_key=value)
+
+
+def _optional_key(
+    to: str,
+    related_name: str,
+    *,
+    on_delete: Callable[..., None] = models.CASCADE,
+    help_text: str = "",
+) -> models.ForeignKey[_T | None, _T | None]:
+    """A foreign key that may be empty: null in the database, not required in forms."""
+    return models.ForeignKey(
+        to,
+        on_delete=on_delete,
+        null=True,
+        blank=True,
+        related_name=related_name,
+        help_text=help_text,
+    )
 
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
@@ -46,12 +76,9 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(
+    owner: OptionalUser = _optional_key(
         settings.AUTH_USER_MODEL,
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="chat_conversations",
+        "chat_conversations",
         help_text="The user who owns this conversation; empty for an anonymous session.",
     )
     session_key = models.CharField(
@@ -64,12 +91,10 @@ class Conversation(models.Model):
     model = models.CharField(
         max_length=200, blank=True, default="", help_text="The model answers are requested from."
     )
-    current_leaf = models.ForeignKey(
+    current_leaf: OptionalMessage = _optional_key(
         "Message",
+        "+",
         on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
         help_text="The last message of the branch shown and continued: the active path ends here.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -111,12 +136,9 @@ class Message(models.Model):
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
-    parent = models.ForeignKey(
+    parent: OptionalMessage = _optional_key(
         "self",
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="children",
+        "children",
         help_text="The message this one follows; siblings (same parent) are versions: edits, "
         "regenerated answers.",
     )
@@ -221,13 +243,7 @@ class DailyUsage(models.Model):
     """Tokens one user (or anonymous session) spent in a day: answers and titles."""
 
     owner_key = models.CharField(max_length=60, help_text="user:<id> or session:<key>.")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="chat_usage",
-    )
+    user: OptionalUser = _optional_key(settings.AUTH_USER_MODEL, "chat_usage")
     day = models.DateField(db_index=True)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)

@@ -195,15 +195,13 @@ class ResponseStream(httpx.AsyncByteStream):
         self,
         pool: Transport,
         connection: Connection,
-        parser: Any,
         message: _Message,
         read_timeout: float | None,
         error: httpx.RemoteProtocolError | None,
     ) -> None:
         self._pool = pool
         self._connection = connection
-        self._parser = parser
-        self._message = message
+        self._message = message  # and its parser, ``message.parser``
         self._read_timeout = read_timeout
         self._error = error  # met while the headers were read, after them
         # No length and not chunked: the body ends when the server closes.
@@ -230,7 +228,7 @@ class ResponseStream(httpx.AsyncByteStream):
                 raise httpx.RemoteProtocolError(
                     "The server closed the connection before the end of the response body."
                 )
-            self._error = _feed(self._parser, data)
+            self._error = _feed(message.parser, data)
             for piece in message.take_body(self._joined):
                 yield piece
         await self.aclose()
@@ -314,7 +312,7 @@ class Transport(httpx.AsyncBaseTransport):
                 raise httpx.RemoteProtocolError("The server sent an oversized response head.")
         if status == 101:
             raise httpx.RemoteProtocolError("The server switched protocols.")
-        stream = ResponseStream(self, connection, parser, message, read_timeout, error)
+        stream = ResponseStream(self, connection, message, read_timeout, error)
         return httpx.Response(
             status, headers=message.headers, stream=stream, extensions={"http_version": b"HTTP/1.1"}
         )

@@ -44,24 +44,25 @@ class Edit:
 
 
 @dataclass(frozen=True, slots=True)
-class Regenerate:
+class MessageAction:
+    """A frame that names one message and nothing else: ``Regenerate``, ``Switch``, ``Stop``."""
+
+    message: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Regenerate(MessageAction):
     """Answer the question of this assistant message again, beside it."""
 
-    message: uuid.UUID
-
 
 @dataclass(frozen=True, slots=True)
-class Switch:
+class Switch(MessageAction):
     """Show the branch through this message (a sibling version the page offers)."""
 
-    message: uuid.UUID
-
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(MessageAction):
     """Stop the generation of an assistant message."""
-
-    message: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,15 @@ class PartFrame(TypedDict):
 
 def error_frame(code: str, detail: str) -> ErrorFrame:
     return {"type": "error", "code": code, "detail": detail}
+
+
+def text_frame(
+    kind: Literal["delta", "reasoning"], message: str, index: int, text: str
+) -> DeltaFrame | ReasoningFrame:
+    """A piece of an answer's text (``delta``) or of its reasoning, at ``index`` (code points)."""
+    # The two frames differ in their type only; a literal cannot be both to mypy.
+    frame = {"type": kind, "message": message, "index": index, "text": text}
+    return cast("DeltaFrame | ReasoningFrame", frame)
 
 
 def done_frame(

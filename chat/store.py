@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NotRequired, ParamSpec, TypedDict, TypeVar, Unpack
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -326,43 +326,50 @@ def start_turn(
         return _turn(conversation, messages, parent, asking, question=content)
 
 
+class TurnOptions(TypedDict):
+    """How a new version's answer is asked for (the keywords ``start_turn`` takes too)."""
+
+    model: str
+    system_prompt: str
+    still_allowed: NotRequired[Callable[[], bool] | None]
+
+
 @in_db_thread
 def edit_turn(
-    owner: Owner,
-    message_id: uuid.UUID,
-    content: str,
-    *,
-    model: str,
-    system_prompt: str,
-    still_allowed: Callable[[], bool] | None = None,
+    owner: Owner, message_id: uuid.UUID, content: str, **options: Unpack[TurnOptions]
 ) -> Turn:
     """Ask an edited version of a question: a new branch beside the original, which is kept."""
-    _check(still_allowed)
-    with transaction.atomic():
-        asking = Asking(model, system_prompt, check_limits(owner))
-        original = _owned_message(owner, message_id, Message.Roles.USER)
-        conversation, messages = _lock_idle(owner, original.conversation_id)
-        parent = next((m for m in messages if m.id == original.parent_id), None)
-        return _turn(conversation, messages, parent, asking, question=content)
+    return _new_version(owner, message_id, Message.Roles.USER, content, **options)
 
 
 @in_db_thread
-def regenerate_turn(
+def regenerate_turn(owner: Owner, message_id: uuid.UUID, **options: Unpack[TurnOptions]) -> Turn:
+    """Answer the same question again: a new answer beside the old one, which is kept."""
+    return _new_version(owner, message_id, Message.Roles.ASSISTANT, None, **options)
+
+
+def _new_version(
     owner: Owner,
     message_id: uuid.UUID,
+    role: str,
+    question: str | None,
     *,
     model: str,
     system_prompt: str,
     still_allowed: Callable[[], bool] | None = None,
 ) -> Turn:
-    """Answer the same question again: a new answer beside the old one, which is kept."""
+    """A new version of ``owner``'s message ``message_id``, after the same parent.
+
+    The edited ``question`` and its answer, or with no ``question`` (the message
+    is an answer), the parent question answered again.
+    """
     _check(still_allowed)
     with transaction.atomic():
         asking = Asking(model, system_prompt, check_limits(owner))
-        previous = _owned_message(owner, message_id, Message.Roles.ASSISTANT)
-        conversation, messages = _lock_idle(owner, previous.conversation_id)
-        question = next(m for m in messages if m.id == previous.parent_id)
-        return _turn(conversation, messages, question, asking, question=None)
+        original = _owned_message(owner, message_id, role)
+        conversation, messages = _lock_idle(owner, original.conversation_id)
+        parent = next((m for m in messages if m.id == original.parent_id), None)
+        return _turn(conversation, messages, parent, asking, question=question)
 
 
 @in_db_thread

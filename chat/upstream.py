@@ -14,7 +14,8 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -393,6 +394,62 @@ async def _complete(
     return text, reported
 
 
+#: What httpx's errors mean to the person chatting: the first row whose classes match
+#: names the chat error, raised with its detail (``str.format``-ed with the call's values).
+Failures = tuple[
+    tuple[type[httpx.HTTPError] | tuple[type[httpx.HTTPError], ...], type[UpstreamError], str],
+    ...,
+]
+#: While the request is sent and the response head awaited: nothing was answered.
+SENDING: Failures = (
+    (
+        httpx.TimeoutException,
+        UpstreamUnreachable,
+        "The model server at {url} did not answer in time.",
+    ),
+    (
+        (httpx.ConnectError, httpx.UnsupportedProtocol),
+        UpstreamUnreachable,
+        "Could not connect to the model server at {url}.",
+    ),
+    (
+        (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError),
+        UpstreamUnreachable,
+        "The model server at {url} closed the connection without answering.",
+    ),
+)
+#: While the answer streams: what came before the failure is kept.
+STREAMING: Failures = (
+    (
+        httpx.DecodingError,
+        UpstreamProtocolError,
+        "The model server sent a {encoding}-encoded stream that could not be decoded.",
+    ),
+    (
+        httpx.TimeoutException,
+        UpstreamTimeout,
+        "The model server sent nothing for {read_timeout:g} s; the answer was cut off.",
+    ),
+    (
+        (httpx.RemoteProtocolError, httpx.ReadError),
+        UpstreamDisconnected,
+        "The connection to the model server broke before the answer was finished.",
+    ),
+)
+
+
+@contextmanager
+def _failing_as(failures: Failures, **values: object) -> Iterator[None]:
+    """Raise the chat error ``failures`` names for an httpx error, from it; others pass."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        for kinds, error, detail in failures:
+            if isinstance(exc, kinds):
+                raise error(detail.format(**values)) from exc
+        raise
+
+
 async def _open(
     client: httpx.AsyncClient,
     request: httpx.Request,
@@ -400,20 +457,8 @@ async def _open(
     *,
     expect: str = "text/event-stream",
 ) -> httpx.Response:
-    try:
+    with _failing_as(SENDING, url=config.base_url):
         response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise UpstreamUnreachable(
-            f"The model server at {config.base_url} did not answer in time."
-        ) from exc
-    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-        raise UpstreamUnreachable(
-            f"Could not connect to the model server at {config.base_url}."
-        ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        raise UpstreamUnreachable(
-            f"The model server at {config.base_url} closed the connection without answering."
-        ) from exc
     if response.status_code != 200:
         try:
             raise await _status_error(response, config)
@@ -505,7 +550,7 @@ async def _read_events(
     # A server (or a proxy before it) may compress anyway: then httpx decodes.
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
-    try:
+    with _failing_as(STREAMING, encoding=encoding, read_timeout=config.read_timeout):
         async for chunk in chunks:
             # What a read completed before a failure is still the answer's: it is
             # yielded first, then the failure raised.
@@ -553,18 +598,6 @@ async def _read_events(
                 raise failure
             if answer.done:
                 return
-    except httpx.DecodingError as exc:
-        raise UpstreamProtocolError(
-            f"The model server sent a {encoding}-encoded stream that could not be decoded."
-        ) from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(
-            f"The model server sent nothing for {config.read_timeout:g} s; the answer was cut off."
-        ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        raise UpstreamDisconnected(
-            "The connection to the model server broke before the answer was finished."
-        ) from exc
     if answer.finish_reason is None:
         raise UpstreamDisconnected(
             "The model server ended the stream before the answer was finished."
