@@ -288,6 +288,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self.delivery.show_history(
                 conversation_id, history, running=streaming, finished=finished
             )
+            for message_id in streaming:
+                if registry.get(uuid.UUID(message_id)) is None:
+                    hub.expect(conversation_id, message_id)  # runs in another process
         finally:
             self.delivery.holding = False
             self.delivery.wake.set()

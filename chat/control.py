@@ -12,13 +12,6 @@ from typing import Literal, TypedDict
 from chat.protocol import StopReason
 
 
-class Interest(TypedDict):
-    """Another process has watchers of this conversation: send it the deltas too."""
-
-    action: Literal["interest"]
-    conversation: str
-
-
 class StopRequest(TypedDict):
     """Stop this answer now; ``by`` names who, for the timeline (a staff member)."""
 
@@ -42,7 +35,7 @@ class AliveRequest(TypedDict):
     message: str
 
 
-Request = Interest | StopRequest | SnapshotRequest | AliveRequest
+Request = StopRequest | SnapshotRequest | AliveRequest
 
 
 class Snapshot(TypedDict):
@@ -59,10 +52,6 @@ class Alive(TypedDict):
 
 
 Reply = Snapshot | Stopped | Alive
-
-
-def interest(conversation_id: uuid.UUID) -> Interest:
-    return {"action": "interest", "conversation": str(conversation_id)}
 
 
 def stop(message_id: uuid.UUID, reason: StopReason, by: str = "") -> StopRequest:

@@ -80,8 +80,6 @@ class Generation:
         self._html: list[str] = []
         self.rendered = 0  # code points of the answer published as HTML
         self.saved = (0, 0)  # (answer, reasoning) lengths in the last checkpoint
-        #: Another process watches this conversation: deltas go to it too.
-        self.shared = False
 
     @property
     def text(self) -> str:
@@ -166,9 +164,7 @@ class Generation:
                 index = self.length
                 self._parts.append(content)
                 self.length += len(content)
-                await self.publish(
-                    text_frame("delta", self._id, index, content), remote=self.shared
-                )
+                await self.publish(text_frame("delta", self._id, index, content))
                 for block in self._splitter.feed(content):
                     self._render(block)
                 if self.budget is not None and self._over_budget():
@@ -177,9 +173,7 @@ class Generation:
                 index = self._reasoning_length
                 self._reasoning.append(reasoning)
                 self._reasoning_length += len(reasoning)
-                await self.publish(
-                    text_frame("reasoning", self._id, index, reasoning), remote=self.shared
-                )
+                await self.publish(text_frame("reasoning", self._id, index, reasoning))
 
     def _over_budget(self) -> bool:
         assert self.budget is not None
@@ -204,7 +198,7 @@ class Generation:
                 "end": self.rendered,
                 "html": html,
             }
-            await self.publish(frame, remote=self.shared)
+            await self.publish(frame)
 
     async def _rendered_html(self) -> str:
         """The whole answer's HTML, once its last block is rendered and published."""
@@ -233,8 +227,8 @@ class Generation:
         self.saved = lengths
         return (self.message_id, self.text, self.reasoning)
 
-    async def publish(self, frame: Frame, *, remote: bool = True) -> None:
-        await hub.publish(self.conversation_id, frame, remote=remote)
+    async def publish(self, frame: Frame) -> None:
+        await hub.publish(self.conversation_id, frame)
 
     async def _finish(self, status: FinalStatus, error: ChatError | None) -> None:
         ended = time.monotonic()
@@ -345,7 +339,7 @@ class Registry:
     def start(self, generation: Generation) -> asyncio.Task[None]:
         self.register(generation)
         task = asyncio.create_task(
-            generation.run(), name=f"chat-generation-{generation.message_id}"
+            self._run(generation), name=f"chat-generation-{generation.message_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._forget(generation, t))
@@ -354,6 +348,12 @@ class Registry:
                 self._checkpoint_loop(), name="chat-checkpoints"
             )
         return task
+
+    async def _run(self, generation: Generation) -> None:
+        try:
+            await generation.run()
+        finally:
+            await hub.release(generation.conversation_id)
 
     def spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run a side task of an answer (its title) that shutdown and tests wait for too."""
@@ -407,11 +407,6 @@ class Registry:
 
     async def handle_control(self, request: control.Request) -> control.Reply | None:
         """Answer another process about an answer running here; None if it is not ours."""
-        if request["action"] == "interest":
-            running = self.running_in(uuid.UUID(request["conversation"]))
-            if running is not None:
-                running.shared = True
-            return None
         generation = self.get(uuid.UUID(request["message"]))
         if generation is None:
             return None

@@ -409,6 +409,13 @@ def stored_usage(message: Message) -> UsageInfo:
     }
 
 
+def stored_error(message: Message) -> ErrorInfo | None:
+    """A message's stored error, if it has one."""
+    if not message.error_code:
+        return None
+    return {"code": message.error_code, "detail": message.error_detail}
+
+
 def message_payload(
     message: Message, *, html: str = "", rendered: int = 0, versions: list[str] | None = None
 ) -> MessageInfo:
@@ -418,9 +425,7 @@ def message_payload(
     ``versions`` the ids of it and its siblings (edits, regenerated answers),
     oldest first.
     """
-    error: ErrorInfo | None = (
-        {"code": message.error_code, "detail": message.error_detail} if message.error_code else None
-    )
+    error = stored_error(message)
     return {
         "id": str(message.id),
         "conversation": str(message.conversation_id),

@@ -548,6 +548,14 @@ def load_message(owner: Owner, message_id: uuid.UUID) -> Message | None:
 
 
 @in_db_thread
+def ended_answers(message_ids: list[uuid.UUID]) -> list[Message]:
+    """Those of these answers that ended: a watcher elsewhere may have missed their ``done``."""
+    return list(
+        Message.objects.filter(pk__in=message_ids).exclude(status=Message.Statuses.STREAMING)
+    )
+
+
+@in_db_thread
 def load_message_anyones(message_id: uuid.UUID) -> Message | None:
     """The message with this id whoever owns it (for the server's own checks, never shown)."""
     return Message.objects.filter(pk=message_id).first()

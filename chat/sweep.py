@@ -12,28 +12,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import cast
 
 from chat import liveness, store
 from chat.conf import conf
-from chat.fanout import hub
+from chat.fanout import Hub, hub
 from chat.generation import registry
 from chat.models import Message
-from chat.protocol import INTERRUPTED, DoneFrame, done_frame, stored_usage
+from chat.protocol import (
+    INTERRUPTED,
+    DoneFrame,
+    FinalStatus,
+    done_frame,
+    stored_error,
+    stored_usage,
+)
 from chat.rendering import off_loop, render_markdown
 
 logger = logging.getLogger(__name__)
 
 
-def interrupted_frame(message: Message, html: str) -> DoneFrame:
-    """The ``done`` of an answer whose process is gone, with the usage the sweep estimated."""
+#: An answer another process runs, not heard of for this long, is looked up in the store.
+RECOVER_AFTER = 2.0
+
+
+def ended_frame(message: Message, html: str) -> DoneFrame:
+    """The ``done`` of an ended answer as it is stored: one its process could not send
+    (it died: the sweep estimated the usage), or one lost on the way."""
     return done_frame(
         message.id,
         message.conversation_id,
         length=len(message.content),
-        status="interrupted",
+        status=cast(FinalStatus, message.status),
         usage=stored_usage(message),
-        error=INTERRUPTED,
+        error=stored_error(message),
         html=html,
+        finish_reason=message.finish_reason or None,
+        refusal=message.refusal,
     )
 
 
@@ -86,7 +101,21 @@ async def _announce(orphans: list[Message]) -> None:
     for message in orphans:
         # The whole answer's HTML as the page builds it, block by block.
         html = await off_loop(render_markdown, message.content)
-        await hub.publish(message.conversation_id, interrupted_frame(message, html))
+        await hub.announce(message.conversation_id, ended_frame(message, html))
+
+
+async def recover_missed_ends(watching: Hub = hub) -> int:
+    """Give watchers here the end of answers that ended elsewhere without their ``done``
+    reaching this process (dropped after the channel layer's retries); return how many."""
+    silent = watching.silent_answers(RECOVER_AFTER)
+    if not silent:
+        return 0
+    ended = await store.ended_answers([message_id for _, message_id in silent])
+    for message in ended:
+        html = await off_loop(render_markdown, message.content)
+        watching.ended(message.conversation_id, ended_frame(message, html))
+        logger.warning("The end of message %s was lost on its way here: read it", message.id)
+    return len(ended)
 
 
 class Sweeper:
@@ -100,14 +129,15 @@ class Sweeper:
             self.task = asyncio.create_task(self._loop(), name="chat-orphan-sweep")
 
     async def _loop(self) -> None:
-        """Beat, and end dead processes' answers, every eighth of ``CHAT_PROCESS_TIMEOUT``;
-        sweep answers by age every half ``CHAT_ORPHAN_AFTER``."""
+        """Beat, end dead processes' answers and recover lost ends, every eighth of
+        ``CHAT_PROCESS_TIMEOUT``; sweep answers by age every half ``CHAT_ORPHAN_AFTER``."""
         loop = asyncio.get_running_loop()
         next_age_sweep = loop.time()
         while True:
             try:
                 await store.beat(liveness.process_id(), *liveness.describe())
                 await sweep_dead_processes()
+                await recover_missed_ends()
                 if loop.time() >= next_age_sweep:
                     await sweep_once()
                     next_age_sweep = loop.time() + conf.CHAT_ORPHAN_AFTER / 2

@@ -74,5 +74,5 @@ async def give_title(
     if not title:
         return None
     frame: TitleFrame = {"type": "title", "conversation": str(conversation_id), "title": title}
-    await hub.publish(conversation_id, frame)
+    await hub.announce(conversation_id, frame)
     return title

@@ -76,18 +76,20 @@ async def launch(turn: Turn, owner: Owner, config: UpstreamConfig) -> Generation
         budget=turn.budget,
         title_after=turn.created,
     )
-    # Known before its first frame, so that another process's interest in it,
-    # which that frame may prompt, finds it.
+    # Known, and reachable from other processes, before its first frame: a process
+    # that watches learns of it from that frame, and may ask about it at once.
     registry.register(generation)
+    await hub.hold(turn.conversation.id)
     try:
         for message in (turn.user_message, turn.assistant_message):
             if message is not None:
                 payload = message_payload(message, versions=turn.versions[message.id])
-                await generation.publish({"type": "message", "message": payload})
+                await hub.announce(turn.conversation.id, {"type": "message", "message": payload})
     except BaseException:
         registry.unregister(generation)
+        await hub.release(turn.conversation.id)
         raise
-    registry.start(generation)
+    registry.start(generation)  # which releases the conversation once the answer ended
     return generation
 
 

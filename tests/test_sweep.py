@@ -110,3 +110,37 @@ async def test_a_quiet_running_answer_keeps_its_row_fresh_for_other_processes(
     await chat.stop(answer)
     assert (await chat.receive_until("done"))[-1]["status"] == "stopped"
     assert rebuild(chat.frames) == "thinking..."
+
+
+async def test_a_watcher_whose_answer_ended_elsewhere_without_its_done_gets_it_from_the_store(
+    user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer's process sent ``done``, but Redis lost it after the retries.
+    from chat import sweep
+    from chat.fanout import Hub
+    from tests.test_fanout import SlowLayer, Watcher
+
+    monkeypatch.setattr(sweep, "RECOVER_AFTER", 0)
+    watching = Hub(SlowLayer())
+    await watching.remote()
+    message = await orphan(user, age=0, text="Hello **world**")
+    page = Watcher()
+    await watching.subscribe(message.conversation_id, page)
+    watching.expect(message.conversation_id, message.id)
+    try:
+        assert await sweep.recover_missed_ends(watching) == 0  # still running: nothing to do
+        await Message.objects.filter(pk=message.pk).aupdate(
+            status="complete", finish_reason="stop", prompt_tokens=3, completion_tokens=2,
+            total_tokens=5,
+        )  # fmt: skip
+
+        assert await sweep.recover_missed_ends(watching) == 1
+        assert await sweep.recover_missed_ends(watching) == 0  # once
+    finally:
+        await watching.close()
+
+    (done,) = page.frames
+    assert (done["type"], done["message"], done["status"]) == ("done", str(message.id), "complete")
+    assert (done["length"], done["finish_reason"], done["error"]) == (15, "stop", None)
+    assert done["usage"]["total_tokens"] == 5
+    assert "<strong>world</strong>" in done["html"]

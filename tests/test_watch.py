@@ -179,8 +179,8 @@ async def test_a_delta_published_while_the_history_is_read_is_not_shown_twice(
     release, published = asyncio.Event(), asyncio.Event()
     original_publish, original_load = Generation.publish, store.load_conversation
 
-    async def publish(self: Generation, frame: Any, *, remote: bool = True) -> None:
-        await original_publish(self, frame, remote=remote)
+    async def publish(self: Generation, frame: Any) -> None:
+        await original_publish(self, frame)
         if frame["type"] == "delta":
             published.set()
 
