@@ -185,6 +185,23 @@ async def test_a_stop_on_another_process_closes_the_upstream(
         assert (await receive_until(b, "done"))[-1]["status"] == "stopped"
 
 
+async def test_a_stop_from_another_process_reaches_an_answer_no_page_watches_any_more(
+    cluster: Cluster, upstream: FakeUpstream
+) -> None:
+    # The page that asked was closed; the answer goes on (CHAT_ON_DISCONNECT "continue")
+    # and its process must still be reachable: stopped, not taken for dead and interrupted.
+    upstream.script(hanging("endless"))
+    async with cluster.open(0) as a:
+        conversation, answer = await start_answer(a)
+        await receive_until(a, "delta")
+    async with cluster.open(1) as b:
+        await b.send(json.dumps({"type": "watch", "conversation": conversation}))
+        await b.recv()
+        await b.send(json.dumps({"type": "stop", "message": answer}))
+        await asyncio.wait_for(upstream.requests[0].client_closed.wait(), timeout=5)
+        assert (await receive_until(b, "done"))[-1]["status"] == "stopped"
+
+
 # Rare checkpoints: the stored text cannot fill a gap, only the exact snapshot can.
 @pytest.mark.parametrize("checkpoint_interval", ["30"])
 async def test_reconnecting_anywhere_at_any_moment_shows_every_character_once(
