@@ -16,6 +16,7 @@ from django.utils.html import format_html, format_html_join
 
 from chat.generation import stop_anywhere
 from chat.models import Conversation, DailyUsage, Message, StreamingAnswer, active_path
+from chat.permissions import can_see_running_answers, can_stop_answers
 from chat.protocol import conversation_payload, message_payload
 from chat.store import versions_of
 
@@ -314,8 +315,11 @@ class StreamingAnswerAdmin(ReadOnlyAdmin):
     def saved_at(self, obj: Message) -> Any:
         return obj.updated_at
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_see_running_answers(request.user)
+
     def has_stop_permission(self, request: HttpRequest) -> bool:
-        return bool(request.user.has_perm("chat.stop_answer"))
+        return can_stop_answers(request.user)
 
     @admin.action(description="Stop the selected answers now", permissions=["stop"])
     def stop_answers(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:

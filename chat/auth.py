@@ -17,11 +17,14 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.signals import user_logged_out
 from django.http import HttpRequest
 
 from chat.conf import conf
+from chat.exceptions import NotAllowed
 from chat.models import Owner
+from chat.permissions import can_chat
 from chat.store import in_db_thread
 
 logger = logging.getLogger(__name__)
@@ -46,23 +49,38 @@ def owner_of(scope: dict[str, Any]) -> Owner | None:
 
 
 def session_is_current(scope: dict[str, Any], owner: Owner) -> bool:
-    """Whether the socket's session, read afresh, still logs in ``owner`` (database calls:
-    run it in the database thread, with the turn's own work where there is one).
+    """Whether the socket's session, read afresh, still logs in ``owner``, who may still
+    chat (database calls: run it in the database thread, with the turn's own work where
+    there is one).
 
     False once the session was logged out (flushed), expired, or its user's
-    password changed (Django's session auth hash no longer matches).
+    password changed (Django's session auth hash no longer matches); raises
+    ``NotAllowed`` once the project's rule (``CHAT_PERMISSIONS``) says no.
     """
+    user = _session_user(scope, owner)
+    if user is None:
+        return False
+    if not can_chat(user):
+        raise NotAllowed
+    return True
+
+
+def _session_user(scope: dict[str, Any], owner: Owner) -> Any | None:
+    """The user the socket's session logs in now, if it is still ``owner``."""
     session = scope.get("session")
     key = session.session_key if session is not None else None
     if not key:
-        return False
+        return None
     fresh = import_module(settings.SESSION_ENGINE).SessionStore(key)
     if owner.user_id is None:  # anonymous chat: the session is the identity
-        return bool(fresh.exists(key))
+        return AnonymousUser() if fresh.exists(key) else None
     # Django's own check (the session's user, its backend, the auth hash and its
     # fallbacks) reads only ``request.session``.
     user = get_user(cast(HttpRequest, SimpleNamespace(session=fresh)))
-    return bool(user.is_authenticated and user.pk == owner.user_id)
+    return user if user.is_authenticated and user.pk == owner.user_id else None
+
+
+may_chat = in_db_thread(can_chat)
 
 
 still_logged_in = in_db_thread(session_is_current)

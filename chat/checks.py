@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from chat.conf import conf
+from chat.hooks import imported
 
 MIN_FRAME_BYTES = 4096  # room for a part frame's envelope and some text
 MAX_FRAME_BYTES = 1024 * 1024  # daphne's (autobahn's) limit on an outgoing message
@@ -131,6 +132,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
         errors.append(Error("CHAT_DRAIN_TIMEOUT should be 0 or more seconds.", id="chat.E016"))
     if not _positive_int(conf.CHAT_MAX_EVENT_BYTES):
         errors.append(Error("CHAT_MAX_EVENT_BYTES should be a positive integer.", id="chat.E008"))
+    errors += _check_hooks()
     if conf.demo_mode and not settings.DEBUG:
         errors.append(
             Warning(
@@ -149,4 +151,33 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
                 id="chat.W001",
             )
         )
+    return errors
+
+
+def _check_hooks() -> list[CheckMessage]:
+    """The project's code named in settings imports, and is of the right kind."""
+    from chat.permissions import ChatPermissions
+
+    errors: list[CheckMessage] = []
+    for name, check_id in (
+        ("CHAT_PERMISSIONS", "chat.E017"),
+        ("CHAT_REQUEST_BUILDER", "chat.E018"),
+    ):
+        path = getattr(conf, name)
+        if not path:
+            continue
+        try:
+            hook = imported(path)
+        except ImportError as error:
+            errors.append(
+                Error(f"{name} names {path!r}, which cannot be imported: {error}", id=check_id)
+            )
+            continue
+        if name == "CHAT_PERMISSIONS":
+            wrong = not (isinstance(hook, type) and issubclass(hook, ChatPermissions))
+            expected = "a subclass of chat.permissions.ChatPermissions"
+        else:
+            wrong, expected = not callable(hook), "a callable"
+        if wrong:
+            errors.append(Error(f"{name} should name {expected}; {path!r} is not.", id=check_id))
     return errors

@@ -67,6 +67,10 @@ class Settings:
         return str(getattr(settings, "CHAT_MODEL", default))
 
     CHAT_SYSTEM_PROMPT = Setting("", str)
+    #: A dotted path to a callable that shapes each turn's upstream request (``chat.requests``).
+    CHAT_REQUEST_BUILDER = Setting("", str)
+    #: A dotted path to the class of who-may-do-what rules (``chat.permissions``).
+    CHAT_PERMISSIONS = Setting("chat.permissions.ChatPermissions", str)
     #: Extra fields merged into every request body (``temperature``, ``max_tokens``...).
     CHAT_COMPLETION_OPTIONS: Setting[dict[str, Any]] = Setting({}, dict)
     #: Extra request headers, e.g. OpenRouter's ``HTTP-Referer`` or Azure's ``api-key``.

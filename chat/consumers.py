@@ -20,7 +20,7 @@ from chat import auth, demo, lifespan, metrics, sockets, store, turns
 from chat.auth import owner_of
 from chat.conf import conf
 from chat.delivery import Delivery, SlowReader
-from chat.exceptions import ClientError, SessionEnded
+from chat.exceptions import ClientError, NotAllowed, SessionEnded
 from chat.fanout import hub
 from chat.generation import registry
 from chat.limits import FrameBucket, histories
@@ -49,6 +49,7 @@ from chat.upstream import UpstreamConfig
 logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_READING = 4408
 CLOSE_TOO_MANY_FRAMES = 4429
 CLOSE_SERVER_ERROR = 1011
@@ -89,6 +90,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             # Accept first so the page can show why, then close with an app code.
             await self.delivery.send_frame(error_frame("not_authenticated", "Log in to chat."))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            return
+        if not await auth.may_chat(self.scope.get("user")):
+            error = NotAllowed()
+            await self.delivery.send_frame(error_frame(error.code, error.detail))
+            await self.close(code=CLOSE_FORBIDDEN)
             return
         session = self.scope.get("session")
         self.session_key = session.session_key if session is not None else None
@@ -185,9 +191,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.handle(frame)
         except ClientError as error:
             await self.delivery.send_frame(error_frame(error.code, error.detail))
-        except SessionEnded as error:
+        except (SessionEnded, NotAllowed) as error:
             await self.delivery.send_frame(error_frame(error.code, error.detail))
-            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            ended = isinstance(error, SessionEnded)
+            await self.close(code=CLOSE_NOT_AUTHENTICATED if ended else CLOSE_FORBIDDEN)
 
     async def handle(self, frame: ClientFrame) -> None:
         assert self.owner is not None

@@ -58,8 +58,22 @@ class SessionEnded(ChatError, code="not_authenticated"):
     """Raised when the socket's session logged out, or its user's password changed."""
 
 
+class NotAllowed(ChatError, code="forbidden"):
+    """Raised when the project's rule (``CHAT_PERMISSIONS``) does not let this user chat."""
+
+    def __init__(self) -> None:
+        super().__init__("You are not allowed to chat here.")
+
+
 class ServerError(ChatError, code="server_error"):
     """Raised for a bug on our side while an answer ran: the user gets this, the log the cause."""
+
+
+class RequestNotBuilt(ChatError, code="request_not_built"):
+    """Raised when ``CHAT_REQUEST_BUILDER`` failed: the user gets this, the log the cause."""
+
+    def __init__(self) -> None:
+        super().__init__("This answer's request could not be prepared (the server's log says why).")
 
 
 class UpstreamError(ChatError, code="upstream_error"):

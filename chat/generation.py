@@ -14,13 +14,15 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from chat import control, metrics, store
+from chat import control, metrics, signals, store
 from chat.conf import conf
-from chat.exceptions import ChatError, ServerError, UpstreamError
+from chat.exceptions import ChatError, RequestNotBuilt, ServerError, UpstreamError
 from chat.fanout import Frame, hub
+from chat.models import Owner
 from chat.protocol import (
     STOPPED,
     ErrorInfo,
@@ -31,6 +33,7 @@ from chat.protocol import (
     text_frame,
 )
 from chat.rendering import BlockSplitter, off_loop, render_block, render_markdown
+from chat.requests import UpstreamRequest
 from chat.text import redact
 from chat.titles import give_title
 from chat.upstream import Answer, UpstreamConfig, stream_answer
@@ -52,11 +55,15 @@ class Generation:
         config: UpstreamConfig,
         budget: int | None = None,
         title_after: bool = False,
+        prepare: Callable[[], Awaitable[UpstreamRequest]] | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
         self.owner_key = owner_key
         self.history = history
+        self.question = history[-1]["content"] if history else ""
+        #: Shapes the request before it is sent (``CHAT_REQUEST_BUILDER``: ``chat.requests``).
+        self.prepare = prepare
         self.config = config
         self.title_after = title_after  # the first exchange: ask for a title once it ends
         # With a daily budget, the answer is cut off once prompt and text may exceed it.
@@ -110,6 +117,8 @@ class Generation:
         """Stream the answer to the end, then store and announce how it ended."""
         self._started = time.monotonic()
         self.answer.note("started", model=self.config.model)
+        if self.prepare is not None and self.stop_reason is None and not await self._prepare():
+            return
         if self.stop_reason is not None:
             await self._finish("stopped", None)
             return
@@ -147,7 +156,7 @@ class Generation:
             self.answer.note("upstream_closed")
         await self._finish(status, error)
         if self.title_after and conf.CHAT_AUTO_TITLE and status in ("complete", "stopped"):
-            question = self.history[-1]["content"] if self.history else ""
+            question = self.question
             title = give_title(
                 self.conversation_id, self.owner_key, question, self.text, self.config
             )
@@ -227,6 +236,28 @@ class Generation:
         self.saved = lengths
         return (self.message_id, self.text, self.reasoning)
 
+    async def _prepare(self) -> bool:
+        """Let the project's builder shape the request; False if it failed (and the
+        answer ended as ``failed``, or ``interrupted`` by a shutdown meanwhile)."""
+        assert self.prepare is not None
+        try:
+            request = await self.prepare()
+        except asyncio.CancelledError:
+            await self._finish("interrupted", None)
+            raise
+        except Exception:
+            logger.exception("CHAT_REQUEST_BUILDER failed for message %s", self.message_id)
+            await self._finish("failed", RequestNotBuilt())
+            return False
+        self.history = request.messages
+        self.config = replace(
+            self.config, model=request.model, options=request.options, headers=request.headers
+        )
+        if self.budget is not None:
+            self._prompt_estimate = estimate_prompt(self.history)
+        self.answer.note("request_built", model=request.model, messages=len(request.messages))
+        return True
+
     async def publish(self, frame: Frame) -> None:
         await hub.publish(self.conversation_id, frame)
 
@@ -264,8 +295,10 @@ class Generation:
             completion_tokens=usage.completion_tokens,
             estimated=usage.estimated,
         )
+        saved = False
         try:
             await self._save(status, text, error_info, usage, ended)
+            saved = True
         except Exception:
             # Watchers must still learn how the answer ended; the row stays
             # ``streaming`` and is swept as interrupted later.
@@ -282,6 +315,22 @@ class Generation:
             refusal=answer.refusal,
         )
         await self.publish(done)
+        if saved:  # else the sweep ends it, and tells (once either way)
+            await signals.answer_ended(
+                message_id=self.message_id,
+                conversation_id=self.conversation_id,
+                user_id=Owner.from_key(self.owner_key).user_id,
+                status=status,
+                usage=usage.info(),
+                model=answer.model or self.config.model,
+                time_to_first_token=self._time_to_first_token,
+                duration=ended - self._started,
+                error=error_info,
+            )
+
+    @property
+    def _time_to_first_token(self) -> float | None:
+        return None if self._first_token is None else self._first_token - self._started
 
     async def _save(
         self,
@@ -292,7 +341,7 @@ class Generation:
         ended: float,
     ) -> None:
         answer = self.answer
-        first = None if self._first_token is None else self._first_token - self._started
+        first = self._time_to_first_token
         await store.finish_message(
             self.message_id,
             owner_key=self.owner_key,

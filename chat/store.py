@@ -87,6 +87,8 @@ class Turn:
     history: list[dict[str, str]] = field(default_factory=list)
     versions: dict[uuid.UUID, list[str]] = field(default_factory=dict)
     budget: int | None = None  # tokens this answer may spend, if the user has a daily budget
+    #: The active path before the answer, oldest first: the question last.
+    path: list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -274,7 +276,14 @@ def _turn(
     path = active_path(messages, answer.id)
     history = _history(path[:-1], asking.system_prompt)
     return Turn(
-        conversation, created, asked, answer, history, versions_of(messages, new), asking.budget
+        conversation,
+        created,
+        asked,
+        answer,
+        history,
+        versions_of(messages, new),
+        asking.budget,
+        path=path[:-1],
     )
 
 
@@ -476,7 +485,7 @@ def _interrupt_orphans(
         orphans = list(streaming.exclude(pk__in=running))
         for orphan in orphans:
             # No usage chunk ever came: estimate it from the text saved and the context.
-            conversation = Conversation.objects.get(pk=orphan.conversation_id)
+            conversation = orphan.conversation = Conversation.objects.get(pk=orphan.conversation_id)
             earlier = list(conversation.messages.all())
             history = _history(active_path(earlier, orphan.parent_id), "")
             usage = Usage.of((None, None), history, orphan.content)

@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import cast
 
-from chat import liveness, store
+from chat import liveness, signals, store
 from chat.conf import conf
 from chat.fanout import Hub, hub
 from chat.generation import registry
@@ -102,6 +102,18 @@ async def _announce(orphans: list[Message]) -> None:
         # The whole answer's HTML as the page builds it, block by block.
         html = await off_loop(render_markdown, message.content)
         await hub.announce(message.conversation_id, ended_frame(message, html))
+        # Its process died before it could tell: this one does (the row changed once).
+        await signals.answer_ended(
+            message_id=message.id,
+            conversation_id=message.conversation_id,
+            user_id=message.conversation.owner_id,
+            status=message.status,
+            usage=stored_usage(message),
+            model=message.model,
+            time_to_first_token=None,
+            duration=None,
+            error=stored_error(message),
+        )
 
 
 async def recover_missed_ends(watching: Hub = hub) -> int:

@@ -9,17 +9,20 @@ nothing runs it any more.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-from chat import control, store
+from chat import control, requests, signals, store
 from chat.conf import conf
 from chat.exceptions import ClientError, ConversationBusy
 from chat.fanout import hub
 from chat.generation import Generation, registry, stop_anywhere
+from chat.hooks import request_builder
 from chat.models import Message, Owner
 from chat.protocol import Edit, Regenerate, Send, message_payload
+from chat.requests import UpstreamRequest
 from chat.store import Turn
 from chat.sweep import interrupt_orphan
 from chat.upstream import UpstreamConfig
@@ -67,6 +70,9 @@ async def _store(
 
 async def launch(turn: Turn, owner: Owner, config: UpstreamConfig) -> Generation:
     """Start the turn's answer; its messages go to every tab on the conversation first."""
+    default = UpstreamRequest(
+        turn.history, config.model, dict(config.options), dict(config.headers)
+    )
     generation = Generation(
         message_id=turn.assistant_message.id,
         conversation_id=turn.conversation.id,
@@ -75,6 +81,11 @@ async def launch(turn: Turn, owner: Owner, config: UpstreamConfig) -> Generation
         config=config,
         budget=turn.budget,
         title_after=turn.created,
+        prepare=(
+            functools.partial(requests.build, owner, turn.conversation, turn.path, default)
+            if request_builder() is not None
+            else None
+        ),
     )
     # Known, and reachable from other processes, before its first frame: a process
     # that watches learns of it from that frame, and may ask about it at once.
@@ -90,6 +101,14 @@ async def launch(turn: Turn, owner: Owner, config: UpstreamConfig) -> Generation
         await hub.release(turn.conversation.id)
         raise
     registry.start(generation)  # which releases the conversation once the answer ended
+    await signals.send(
+        signals.turn_started,
+        message_id=turn.assistant_message.id,
+        question_id=turn.user_message.id if turn.user_message is not None else None,
+        conversation_id=turn.conversation.id,
+        user_id=owner.user_id,
+        model=config.model,
+    )
     return generation
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from chat import auth
 from chat.conf import conf
 from chat.models import Conversation
+from chat.permissions import can_chat
 
 
 def index(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
@@ -20,6 +22,8 @@ def index(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Htt
     owner = auth.owner(request.user, request.session)
     if owner is None:
         return redirect_to_login(request.get_full_path())
+    if not can_chat(request.user):
+        raise PermissionDenied("You are not allowed to chat here.")
     conversations = Conversation.objects.owned_by(owner)
     if conversation_id is not None and not conversations.filter(pk=conversation_id).exists():
         raise Http404("No such conversation.")

@@ -349,9 +349,8 @@ async def received_frames(layer: CountingLayer, count: int) -> list[Frame]:
     """The frames ``layer``'s process received, once there are ``count`` (at most 5 s)."""
 
     def frames() -> list[Frame]:
-        return [
-            f for m in layer.received if m["type"] == "chat.frames" for _, fs in m["frames"] for f in fs
-        ]
+        batches = [m["frames"] for m in layer.received if m["type"] == "chat.frames"]
+        return [frame for batch in batches for _, frames in batch for frame in frames]
 
     async with asyncio.timeout(5):
         while len(frames()) < count:
