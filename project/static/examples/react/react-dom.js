@@ -1,0 +1,2 @@
+// The vendored UMD build (a plain <script>, vendor/) as the ES module "react-dom/client".
+export const { createRoot } = window.ReactDOM;
