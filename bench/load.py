@@ -31,7 +31,9 @@ from bench.processes import (
     base_env,
     django_cluster,
     django_relay,
+    django_watched,
     node_relay,
+    profiled,
     start,
     stop,
 )
@@ -224,10 +226,11 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
             cpu1 = None
     else:
         sockets = await open_sockets(relay, scenario.streams)
-        watchers = await open_sockets(relay.peer, scenario.streams) if relay.peer else []
+        watch_on = relay.watchers_on
+        watchers = await open_sockets(watch_on, scenario.streams) if watch_on else []
         try:
             cpu0, own0, t0 = cpu_seconds(relay), me.cpu_times(), time.monotonic()
-            if relay.peer:
+            if watch_on:
                 runs = [
                     drive_pair(ws, watcher, s, scenario)
                     for ws, watcher, s in zip(sockets, watchers, streams, strict=True)
@@ -348,6 +351,7 @@ RELAYS = [
     "django-daphne-asyncio",
     "django-uvicorn",
     "django-daphne-redis-x2",
+    "django-daphne-pg-watched",
     "bare-python",
     "node",
 ]
@@ -382,6 +386,7 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                         "django-uvicorn", upstream, "uvicorn", sqlite("django-uvicorn")
                     ),
                     "django-daphne-redis-x2": lambda: django_cluster(upstream),
+                    "django-daphne-pg-watched": lambda: django_watched(upstream),
                     "bare-python": lambda: bare_relay(upstream),
                     "node": lambda: node_relay(upstream),
                 }.get(name)
@@ -393,10 +398,11 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                     continue
                 with factory() as relay:
                     for scenario in scenarios:
-                        if relay.peer and not scenario.streams:
+                        if relay.watchers_on and not scenario.streams:
                             continue  # idle memory is the single-process rows' business
                         if scenario.streams:
-                            results.append(await run_streams(relay, upstream, scenario))
+                            with profiled(relay, scenario.name):
+                                results.append(await run_streams(relay, upstream, scenario))
                         else:
                             results.append(await run_idle(relay, scenario))
                         print(summary(results[-1]), flush=True)

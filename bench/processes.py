@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,14 @@ class Relay:
     process: subprocess.Popen[str] | None = None
     #: A second process on the same Redis and database: watchers connect there.
     peer: Relay | None = None
+    #: Each stream is also watched by a second socket of this same process (the
+    #: one-process baseline of the two-process row: the same sockets, no Redis).
+    watched: bool = False
+
+    @property
+    def watchers_on(self) -> Relay | None:
+        """Where each stream's second socket connects, if it has one."""
+        return self.peer or (self if self.watched else None)
 
     @property
     def pid(self) -> int | None:
@@ -100,6 +109,43 @@ def stop(process: subprocess.Popen[str] | None) -> None:
         process.wait()
 
 
+@contextlib.contextmanager
+def profiled(relay: Relay, scenario: str) -> Iterator[None]:
+    """With ``BENCH_PROFILE=<folder>``, py-spy samples the relay (and its peer) meanwhile.
+
+    Folded stacks (``--format raw``, 250 Hz, idle threads left out, ``--native``
+    unless ``BENCH_PROFILE_NATIVE=0``) go to ``<folder>/<relay>-<scenario>-<pid>.txt``;
+    ``python -m bench.profile`` sums them up. Sampling pauses the relay for each
+    native sample and shares the CPU: profiled runs are not timed runs.
+    """
+    folder = os.environ.get("BENCH_PROFILE")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not folder or not Path(spy).exists():
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    native = os.environ.get("BENCH_PROFILE_NATIVE", "1") != "0"
+    samplers = []
+    for target in (relay, relay.peer):
+        if target is None or target.pid is None:
+            continue
+        slug = re.sub(r"\W+", "-", f"{relay.name}-{scenario}").strip("-")
+        output = Path(folder) / f"{slug}-{target.pid}.txt"
+        command = [spy, "record", "--pid", str(target.pid), "--rate", "250", "--format", "raw"]
+        # py-spy reads native stacks only from a paused process; otherwise it need not pause it.
+        command += ["--output", str(output), "--native" if native else "--nonblocking"]
+        samplers.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+    try:
+        yield
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)
+        for sampler in samplers:
+            sampler.wait(timeout=60)
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHAT_"))}
     env["PYTHONPATH"] = str(ROOT)
@@ -134,6 +180,17 @@ def django_cluster(upstream: str) -> Iterator[Relay]:
         ):
             first.peer = second
             yield first
+
+
+@contextlib.contextmanager
+def django_watched(upstream: str) -> Iterator[Relay]:
+    """One daphne process on PostgreSQL, each answer watched by a second socket of it."""
+    with (
+        postgres_database() as database,
+        django_relay("django-daphne-pg-watched", upstream, "daphne", database) as relay,
+    ):
+        relay.watched = True
+        yield relay
 
 
 @contextlib.contextmanager
