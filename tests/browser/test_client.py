@@ -189,7 +189,7 @@ async def test_the_react_example_streams_an_answer(chat: Any, site: Site) -> Non
     assert not errors
 
 
-def test_docs_show_the_embed_example_as_it_is_served() -> None:
+def test_the_docs_and_the_readme_show_the_embed_example_as_it_is_served() -> None:
     template = (ROOT / "project/templates/examples/embed.html").read_text()
     body = template.split("<body>")[1].split("</body>")[0]
     docs = (ROOT / "docs/client.md").read_text()
@@ -200,6 +200,9 @@ def test_docs_show_the_embed_example_as_it_is_served() -> None:
         return [line.strip() for line in html.splitlines() if line.strip()]
 
     assert lines(snippet[1]) == ["{% load static %}", *lines(body)]
+    readme = (ROOT / "README.md").read_text().split("## Use the stream in your own pages")[1]
+    in_readme = re.search(r"```html\n(.*?)```", readme, re.DOTALL)
+    assert in_readme is not None and lines(in_readme[1]) == lines(snippet[1])
 
 
 async def test_the_examples_are_for_logged_in_users(page: Any, site: Site) -> None:
