@@ -30,6 +30,7 @@ from bench.processes import (
     bare_relay,
     base_env,
     django_cluster,
+    django_postgres,
     django_relay,
     django_watched,
     node_relay,
@@ -136,6 +137,8 @@ async def drive_pair(
         # Text already in the history measures how late the watcher joined, not the
         # relay: it counts for the exact-text check but not for latency.
         stream.text.append(history["messages"][-1]["content"])
+        if history["messages"][-1]["status"] != "streaming":
+            return  # it ended before the watcher joined: the history holds all of it
         while True:
             raw = await watcher.recv()
             now = clock()
@@ -199,6 +202,16 @@ def cpu_seconds(relay: Relay | None) -> float | None:
     return total + (peer or 0.0)
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of this machine's PostgreSQL server processes (all of them)."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if process.info["name"] in ("postgres", "postmaster") and times is not None:
+            total += times.user + times.system
+    return total
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -230,6 +243,7 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
         watchers = await open_sockets(watch_on, scenario.streams) if watch_on else []
         try:
             cpu0, own0, t0 = cpu_seconds(relay), me.cpu_times(), time.monotonic()
+            database0 = postgres_cpu_seconds() if relay.postgres else None
             if watch_on:
                 runs = [
                     drive_pair(ws, watcher, s, scenario)
@@ -241,6 +255,8 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
                 *(asyncio.wait_for(run, timeout) for run in runs), return_exceptions=True
             )
             cpu1 = cpu_seconds(relay)
+            if database0 is not None:
+                result.database_cpu_s = postgres_cpu_seconds() - database0
         finally:
             await asyncio.gather(
                 *(ws.close() for ws in [*sockets, *watchers]), return_exceptions=True
@@ -351,6 +367,8 @@ RELAYS = [
     "django-daphne-asyncio",
     "django-uvicorn",
     "django-daphne-redis-x2",
+    "django-daphne-pg",
+    "django-uvicorn-pg",
     "django-daphne-pg-watched",
     "bare-python",
     "node",
@@ -386,6 +404,12 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                         "django-uvicorn", upstream, "uvicorn", sqlite("django-uvicorn")
                     ),
                     "django-daphne-redis-x2": lambda: django_cluster(upstream),
+                    "django-daphne-pg": lambda: django_postgres(
+                        "django-daphne-pg", upstream, "daphne"
+                    ),
+                    "django-uvicorn-pg": lambda: django_postgres(
+                        "django-uvicorn-pg", upstream, "uvicorn"
+                    ),
                     "django-daphne-pg-watched": lambda: django_watched(upstream),
                     "bare-python": lambda: bare_relay(upstream),
                     "node": lambda: node_relay(upstream),

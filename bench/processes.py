@@ -40,6 +40,8 @@ class Relay:
     process: subprocess.Popen[str] | None = None
     #: A second process on the same Redis and database: watchers connect there.
     peer: Relay | None = None
+    #: The relay's database is PostgreSQL on this machine: its CPU is reported too.
+    postgres: bool = False
     #: Each stream is also watched by a second socket of this same process (the
     #: one-process baseline of the two-process row: the same sockets, no Redis).
     watched: bool = False
@@ -179,7 +181,16 @@ def django_cluster(upstream: str) -> Iterator[Relay]:
             django_relay("peer", upstream, "daphne", database, extra) as second,
         ):
             first.peer = second
+            first.postgres = True
             yield first
+
+
+@contextlib.contextmanager
+def django_postgres(name: str, upstream: str, server: str) -> Iterator[Relay]:
+    """One relay process on a fresh PostgreSQL database, as production runs it."""
+    with postgres_database() as database, django_relay(name, upstream, server, database) as relay:
+        relay.postgres = True
+        yield relay
 
 
 @contextlib.contextmanager
@@ -189,7 +200,7 @@ def django_watched(upstream: str) -> Iterator[Relay]:
         postgres_database() as database,
         django_relay("django-daphne-pg-watched", upstream, "daphne", database) as relay,
     ):
-        relay.watched = True
+        relay.watched = relay.postgres = True
         yield relay
 
 

@@ -85,8 +85,8 @@ def report(results: list[Result], command: str) -> str:
         lines += [
             "| relay | completed | errors | added latency p50 / p99 / max (ms) | p50 over direct "
             "| first delta p50 (ms) | delta frames/s | tokens per relay CPU-s | vs Node "
-            "| frames per relay CPU-s | DB writes per stream |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| frames per relay CPU-s | DB writes per stream | PostgreSQL CPU (% of relay's) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             over = (
@@ -107,10 +107,15 @@ def report(results: list[Result], command: str) -> str:
             )
             rate = fmt(r.frames / r.seconds if r.seconds else None, 0)
             vs_node = ratio(r.tokens_per_cpu_s, node.tokens_per_cpu_s if node else None)
+            database = (
+                fmt(100 * r.database_cpu_s / r.relay_cpu_s, 0) + " %"
+                if r.database_cpu_s is not None and r.relay_cpu_s
+                else "–"
+            )
             lines.append(
                 f"| {r.relay} | {r.completed}/{r.streams} | {r.errors} | {latency} | {over} "
                 f"| {fmt(r.first_delta_p50_ms, 1)} | {rate} | {fmt(r.tokens_per_cpu_s, 0)} "
-                f"| {vs_node} | {fmt(r.frames_per_cpu_s, 0)} | {writes} |"
+                f"| {vs_node} | {fmt(r.frames_per_cpu_s, 0)} | {writes} | {database} |"
             )
         notes = [f"{r.relay}: {n}" for r in rows for n in r.notes]
         if notes:

@@ -48,6 +48,8 @@ class Result:
     tokens: int = 0
     seconds: float = 0.0
     relay_cpu_s: float | None = None
+    #: CPU time of the PostgreSQL server's processes meanwhile (rows on PostgreSQL only).
+    database_cpu_s: float | None = None
     loadgen_cpu_s: float = 0.0
     db_writes: int | None = None
     rss_per_socket_kb: float | None = None
