@@ -23,6 +23,7 @@ LOGGING = {
 OPENAI_BASE_URL = os.environ["BENCH_UPSTREAM_URL"]
 OPENAI_API_KEY = "sk-bench"
 CHAT_MODEL = "bench"
-CHAT_AUTO_TITLE = False  # the relay is measured, not the title request
+# Titles on, as a user runs the app: after each first answer, one short request and a write.
+CHAT_AUTO_TITLE = True
 # Each socket is a user of its own (bench/prepare.py), so the default per-user limits
 # stay on, and are checked on every turn as in production.

@@ -71,7 +71,10 @@ class Upstream:
                 if method == "GET" and path.startswith("/emissions"):
                     await self.send_emissions(writer, path)
                 elif method == "POST" and path.endswith("/chat/completions"):
-                    await self.stream(writer, body)
+                    if json.loads(body).get("stream"):
+                        await self.stream(writer, body)
+                    else:
+                        await self.complete(writer)
                 else:
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     await writer.drain()
@@ -83,6 +86,29 @@ class Upstream:
     async def send_emissions(self, writer: asyncio.StreamWriter, path: str) -> None:
         stream_id = path.partition("id=")[2]
         body = json.dumps(self.emissions.pop(stream_id, [])).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+
+    async def complete(self, writer: asyncio.StreamWriter) -> None:
+        """A non-streaming completion: the title the relay asks for after a first answer."""
+        body = json.dumps(
+            {
+                "id": "chatcmpl-bench-title",
+                "object": "chat.completion",
+                "model": "bench",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Bench conversation"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43},
+            }
+        ).encode()
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
             % (len(body), body)
