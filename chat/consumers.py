@@ -9,8 +9,6 @@ sent, in which order and how fast, is its ``Delivery``'s business
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 
@@ -75,10 +73,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             window=conf.CHAT_SEND_WINDOW,
             slow_timeout=conf.CHAT_SLOW_CLIENT_TIMEOUT,
             frame_limit=conf.CHAT_MAX_FRAME_BYTES,
+            ended=self.delivery_ended,
         )
         self.bucket = FrameBucket(conf.CHAT_FRAMES_PER_SECOND)
         self.flooded = False
         self.closing: tuple[int, ErrorFrame | None] | None = None  # once the sender stops
+        # Asked before accepting: from the accept on, nothing awaits until the session is
+        # tracked, so a logout the moment the socket opens still closes it.
+        allowed = self.owner is not None and await auth.may_chat(self.scope.get("user"))
         await self.accept()
         metrics.SOCKETS.inc()
         self.counted = True
@@ -91,7 +93,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.delivery.send_frame(error_frame("not_authenticated", "Log in to chat."))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
-        if not await auth.may_chat(self.scope.get("user")):
+        if not allowed:
             error = NotAllowed()
             await self.delivery.send_frame(error_frame(error.code, error.detail))
             await self.close(code=CLOSE_FORBIDDEN)
@@ -101,7 +103,6 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if self.session_key:
             auth.track(self.session_key, self.end_session)
         sockets.opened(self.close_soon)
-        self.sender = asyncio.create_task(self.send_loop(), name="chat-socket-sender")
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "counted", False):
@@ -114,28 +115,21 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             if (running := registry.running_in(self.watching)) is not None:
                 running.answer.note("client_disconnected", code=code)
             await self.unwatch(on_disconnect=True)
-        sender = getattr(self, "sender", None)
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        await self.delivery.close()
 
-    async def send_loop(self) -> None:
-        """Run the delivery; if it fails, close the socket rather than leave it half-alive."""
-        try:
-            await self.delivery.run()
-        except SlowReader:
+    async def delivery_ended(self, error: BaseException | None) -> None:
+        """The sender stopped for good: close the socket rather than leave it half-alive."""
+        if isinstance(error, SlowReader):
             logger.info("Closing a socket that read nothing for a full send window")
             await self.close(code=CLOSE_NOT_READING)
-        except Exception:
-            logger.exception("Sending to a chat socket failed; closing it")
+        elif error is not None:
+            logger.error("Sending to a chat socket failed; closing it", exc_info=error)
             await self.close_with(CLOSE_SERVER_ERROR)
-        else:
-            if self.closing is not None:
-                code, frame = self.closing
-                if frame is not None:
-                    await self.delivery.send_frame(frame)
-                await self.close_with(code)
+        elif self.closing is not None:
+            code, frame = self.closing
+            if frame is not None:
+                await self.delivery.send_frame(frame)
+            await self.close_with(code)
 
     async def close_with(self, code: int) -> None:
         """Close with ``code``, or its 4xxx stand-in where the server refuses it (daphne)."""
@@ -300,7 +294,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                     hub.expect(conversation_id, message_id)  # runs in another process
         finally:
             self.delivery.holding = False
-            self.delivery.wake.set()
+            self.delivery.wake()
 
     async def current_text(self, message_id: uuid.UUID) -> str:
         """An answer's exact text now, for a gap in what this socket was sent."""

@@ -1,20 +1,21 @@
 """One socket's delivery: each character of an answer once, in order, in as few frames as fit.
 
 Frames of the conversation a socket shows reach its ``Delivery`` through the
-fan-out (``deliver``, which only queues). Its own task (``run``) drains the
-queue in order: it merges what piled up, drops by ``index`` what the socket
+fan-out (``deliver``, which only queues). A sender task drains the queue in
+order (``run``): it merges what piled up, drops by ``index`` what the socket
 already has, fills a gap from the answer's exact text, paces the socket by its
 send window (the page must echo pings), and cuts frames over the size bound
-into ``part`` frames. It knows nothing of websockets or consumers: a test
-drives it with a list as its socket.
+into ``part`` frames. The task runs only while there is something to send: an
+idle socket holds no task (memory: thousands of sockets are idle). It knows
+nothing of websockets or consumers: a test drives it with a list as its socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 Send = Callable[[str], Awaitable[None]]
 #: An answer's exact text now (from its process, else the last checkpoint); "" if unknown.
 TextOf = Callable[[uuid.UUID], Awaitable[str]]
+#: Told why the sender stopped for good: what it raised (``SlowReader``...), or None
+#: after ``stop`` once the queue was sent.
+Ended = Callable[[BaseException | None], Awaitable[None]]
 
 
 class SlowReader(Exception):
@@ -50,9 +54,13 @@ class Delivery:
         window: int,
         slow_timeout: float,
         frame_limit: int,
+        ended: Ended | None = None,
     ) -> None:
         self._send = send
         self._text_of = text_of
+        self._ended = ended
+        self._sender: asyncio.Task[None] | None = None
+        self._over = False  # the sender stopped for good (``ended`` was told)
         self.window = SendWindow(window)
         self.slow_timeout = slow_timeout
         self.frame_limit = frame_limit
@@ -63,8 +71,7 @@ class Delivery:
         #: The conversation this socket may show, once its owner was checked:
         #: frames of any other conversation are dropped, whatever their kind.
         self.shown: uuid.UUID | None = None
-        self.outbox: deque[Frame] = deque()
-        self.wake = asyncio.Event()
+        self.outbox: list[Frame] = []
         self.holding = False  # while a history is prepared, frames wait in the outbox
         self.stopping = False
 
@@ -73,7 +80,24 @@ class Delivery:
     def deliver(self, frame: Frame) -> None:
         """Queue a frame for this socket (called by the fan-out; never blocks)."""
         self.outbox.append(frame)
-        self.wake.set()
+        if self._sender is None and not self.holding:
+            self.wake()
+
+    def wake(self) -> None:
+        """Start the sender if there is something to send (or to stop) and none runs."""
+        due = (self.outbox or self.stopping) and not self.holding and not self._over
+        if self._sender is None and due:
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send_all(), name="chat-socket-sender"
+            )
+
+    async def close(self) -> None:
+        """Cancel the sender, if one runs (the socket is gone)."""
+        sender = self._sender
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
 
     def show_nothing(self) -> None:
         """Forget every answer: the socket moves to another conversation (not shown yet)."""
@@ -102,31 +126,38 @@ class Delivery:
                 self.positions[key] = length
         self.finished.update(finished)
         # A history not sent yet is stale now.
-        for frame in [frame for frame in self.outbox if frame["type"] == "history"]:
-            self.outbox.remove(frame)
-        self.outbox.appendleft(history)
+        self.outbox[:] = [history, *(f for f in self.outbox if f["type"] != "history")]
 
     def stop(self) -> None:
-        """Make ``run`` return once it sent what is queued (the socket is about to close)."""
+        """Send what is queued, then tell ``ended`` (the socket is about to close)."""
         self.stopping = True
-        self.wake.set()
+        self.wake()
 
-    # The socket's own task --------------------------------------------------
+    # The sender ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Send the outbox in order until ``stop``; raises ``SlowReader`` for a page that
-        stopped reading, and whatever sending raised."""
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.outbox and not self.holding:
-                frames = list(self.outbox)
-                self.outbox.clear()
-                for frame in coalesce(frames):
-                    await self.forward(frame)
-                await self._pace()
-            if self.stopping:
-                return  # after what was queued (an answer's end before a restart)
+        """Send the outbox in order until it is empty (or held); raises ``SlowReader`` for
+        a page that stopped reading, and whatever sending raised."""
+        while self.outbox and not self.holding:
+            frames, self.outbox = self.outbox, []
+            for frame in coalesce(frames):
+                await self.forward(frame)
+            await self._pace()
+
+    async def _send_all(self) -> None:
+        error: Exception | None = None
+        try:
+            await self.run()
+        except Exception as exc:
+            error = exc
+        if error is None and not self.stopping:
+            self._sender = None  # all sent: the next frame starts a sender again
+            return
+        self._over = True  # and ``_sender`` stays: the loop keeps only a weak reference
+        if self._ended is not None:
+            await self._ended(error)
+        elif error is not None:
+            logger.error("Sending to a socket failed", exc_info=error)
 
     async def send_frame(self, frame: Any) -> None:
         """Send a frame, in ``part`` frames if it is over ``frame_limit``.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 
 
 class FrameBucket:
@@ -99,7 +98,7 @@ class SendWindow:
         self.sent = 0  # characters sent on this socket
         self.confirmed = 0  # of which the client has proven it read this many
         self.pinged = 0  # ``sent`` when the last ping went out
-        self.pings: deque[tuple[str, int]] = deque()
+        self.pings: list[tuple[str, int]] = []  # a few at most: a list is smaller than a deque
         self.moved = asyncio.Event()
 
     @property
@@ -121,8 +120,7 @@ class SendWindow:
         """Record the client's echo of ``nonce``; False if no such ping is outstanding."""
         for position, (pending, mark) in enumerate(self.pings):
             if pending == nonce:
-                for _ in range(position + 1):
-                    self.pings.popleft()
+                del self.pings[: position + 1]
                 self.confirmed = mark
                 self.moved.set()
                 return True

@@ -150,3 +150,23 @@ async def test_the_answer_is_checkpointed_while_streaming_at_most_once_per_inter
     assert len(saved) == len(set(saved))  # an unchanged answer is not written again
     stored = await Message.objects.aget(pk=message_id)
     assert stored.content == "".join(tokens)
+
+
+def sender_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "chat-socket-sender" and not t.done()]
+
+
+async def test_an_idle_socket_holds_no_task_of_its_own(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    # Thousands of open pages are idle: each costs memory, not a task waiting for frames.
+    fake_upstream.script(stream(*completion(["Hello", " there"])))
+    chat = await connect(user)
+    assert sender_tasks() == []
+
+    await chat.send("hi")
+    await chat.receive_until("done")
+    await chat.assert_silent()  # the last frames are out, and the page echoed every ping
+
+    assert sender_tasks() == []
+    assert rebuild(chat.frames) == "Hello there"
