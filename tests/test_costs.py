@@ -1,0 +1,33 @@
+"""The per-token cost budget (bench/costs.py): a tiny run times every stage and sums them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.integration
+
+STAGES = set(range(1, 15))  # the upstream read ... the title
+
+
+def test_a_quick_budget_prints_a_row_per_stage_and_their_sum(tmp_path: Path) -> None:
+    raw = tmp_path / "costs.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.costs", "--quick", "--json", str(raw)],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    numbered = {int(n) for n in re.findall(r"^\| (\d+)\. ", done.stdout, flags=re.MULTILINE)}
+    assert numbered == STAGES, done.stdout
+    assert "| **sum** (daphne, SQLite" in done.stdout
+    budget = json.loads(raw.read_text())
+    assert list(budget["databases"]) == ["SQLite"]  # --quick: no PostgreSQL
+    for row in budget["rows"] + budget["databases"]["SQLite"]:
+        assert row["per_op_us"] > 0, row
+    assert budget["sums"]["daphne_sqlite"] > 0
