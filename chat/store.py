@@ -50,9 +50,9 @@ def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
 def beside_the_queue(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Run in a worker thread with a connection of its own, closed after the call.
 
-    For the heartbeat and the check of the others': behind hundreds of turns
-    queued on Channels' one database thread, a heartbeat would come late, and
-    the other processes would take a busy process for a dead one. Not on SQLite:
+    For the check of the others' heartbeats: behind hundreds of turns queued on
+    Channels' one database thread, it would come late (the heartbeat itself has a
+    thread of its own: ``chat.liveness.Heart``). Not on SQLite:
     a second connection writing beside the first can make SQLite refuse a turn's
     write at once ("database is locked"), and a process on SQLite has no peers
     waiting on its heartbeat anyway.
@@ -439,12 +439,26 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
                 logger.exception("Could not checkpoint message %s", row[3])
 
 
-@beside_the_queue
-def beat(process_id: uuid.UUID, host: str, pid: int) -> None:
+def beat_now(process_id: uuid.UUID, host: str, pid: int) -> None:
     """This process is alive: renew its heartbeat row (made on the first beat)."""
     now = timezone.now()
     if not Process.objects.filter(pk=process_id).update(seen_at=now):
         Process.objects.create(id=process_id, host=host[:255], pid=pid, seen_at=now)
+
+
+#: The beat on SQLite, in the database thread (elsewhere ``liveness.heart`` beats).
+beat = in_db_thread(beat_now)
+
+
+def beats_in_a_thread() -> bool:
+    """Whether the heartbeat gets a thread and connection of its own (not on SQLite:
+    see ``beside_the_queue``)."""
+    return connection.vendor != "sqlite"
+
+
+def close_connection() -> None:
+    """Close this thread's database connection (a thread of our own, when it ends)."""
+    connection.close()
 
 
 @in_db_thread

@@ -10,6 +10,7 @@ for those at startup and then periodically, and tells watchers how they ended.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import cast
@@ -139,6 +140,10 @@ class Sweeper:
     def ensure_running(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._loop(), name="chat-orphan-sweep")
+        if store.beats_in_a_thread():
+            beat = functools.partial(store.beat_now, liveness.process_id(), *liveness.describe())
+            interval = conf.CHAT_PROCESS_TIMEOUT / 8
+            liveness.heart.start(beat, interval, store.close_connection)
 
     async def _loop(self) -> None:
         """Beat, end dead processes' answers and recover lost ends, every eighth of
@@ -147,7 +152,8 @@ class Sweeper:
         next_age_sweep = loop.time()
         while True:
             try:
-                await store.beat(liveness.process_id(), *liveness.describe())
+                if not liveness.heart.beating:  # SQLite: no peers wait on it
+                    await store.beat(liveness.process_id(), *liveness.describe())
                 await sweep_dead_processes()
                 await recover_missed_ends()
                 if loop.time() >= next_age_sweep:
@@ -158,10 +164,12 @@ class Sweeper:
             await asyncio.sleep(conf.CHAT_PROCESS_TIMEOUT / 8)
 
     async def stop(self) -> None:
+        """Stop sweeping and beating (before this process's heartbeat row is removed)."""
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+        await asyncio.to_thread(liveness.heart.stop)
 
 
 sweeper = Sweeper()
