@@ -45,7 +45,8 @@ UNOWNED = {"other", "Python interpreter"}
 #: Waiting, not working: py-spy counts a thread blocked in native code as active when it
 #: records native stacks (a worker waiting for its queue, a loop polling).
 IDLE = re.compile(
-    r"_queue_SimpleQueue_get|pthread_cond_(timed)?wait|\b(epoll_p?wait|poll|select) \("
+    r"_queue_SimpleQueue_get|pthread_cond_(timed)?wait|PyThread_acquire_lock_timed"
+    r"|sem_(clock|timed)?wait|\b(epoll_p?wait|poll|select) \("
 )
 
 
