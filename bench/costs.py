@@ -1250,14 +1250,10 @@ def relay_table(budget: Budget) -> list[str]:
 
 
 def machine() -> str:
-    """The processor, cores and Python (bench.report says more, but needs psutil's types)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """The processor, cores and Python."""
+    from bench.report import processor
+
+    return f"{processor()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def report(budget: Budget, command: str) -> str:

@@ -42,13 +42,17 @@ def ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}×"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def processor() -> str:
+    """The processor's model name (Linux), else what the platform says."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    cpu = processor()
     node = (
         subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
         if shutil.which("node")

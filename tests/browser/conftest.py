@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import API_KEY
 from tests.servers import PASSWORD, ROOT, USER, Site, daphne, prepare_site
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -62,6 +63,11 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
                 await page.screenshot(path=ARTIFACTS / f"{request.node.name}.png")
         finally:
             await browser.close()
+
+
+def fake_model(upstream: Any) -> dict[str, str]:
+    """The settings that send a site's questions to the test's fake upstream."""
+    return {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": API_KEY, "CHAT_MODEL": "fake-model"}
 
 
 def start_site(tmp_path: Path, **extra: str) -> Iterator[Site]:

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import expect, log_in, start_site
-from tests.conftest import API_KEY
+from tests.browser.conftest import expect, fake_model, log_in, start_site
 from tests.fake_upstream import FakeUpstream, Gate, chunk, completion, stream
 from tests.servers import ROOT, Site
 
@@ -146,13 +145,8 @@ async def fake_socket(page: Any, site: Site) -> Any:
 
 @pytest.fixture
 def upstream_site(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Site]:
-    yield from start_site(
-        tmp_path,
-        OPENAI_BASE_URL=fake_upstream.url,
-        OPENAI_API_KEY=API_KEY,
-        CHAT_MODEL="fake-model",
-        CHAT_AUTO_TITLE="0",  # no title request takes a scripted reply
-    )
+    # No title request: it would take a scripted reply.
+    yield from start_site(tmp_path, **fake_model(fake_upstream), CHAT_AUTO_TITLE="0")
 
 
 # ---- the examples -------------------------------------------------------------

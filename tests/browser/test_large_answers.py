@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ask, expect, last_answer, log_in, playwright_api
-from tests.conftest import API_KEY
+from tests.browser.conftest import ask, expect, fake_model, last_answer, log_in, playwright_api
 from tests.fake_upstream import FakeUpstream, completion, stream
 from tests.servers import USER, Site, daphne, manage, prepare_site
 
@@ -57,9 +56,7 @@ def environment(tmp_path: Path, fake_upstream: FakeUpstream) -> dict[str, str]:
     """A fresh site on the fake upstream; a large send window keeps pings rare."""
     return prepare_site(
         tmp_path,
-        OPENAI_BASE_URL=fake_upstream.url,
-        OPENAI_API_KEY=API_KEY,
-        CHAT_MODEL="fake-model",
+        **fake_model(fake_upstream),
         CHAT_SEND_WINDOW="1048576",
         CHAT_TURNS_PER_MINUTE="100",  # the stored turns are all of this minute
         CHAT_AUTO_TITLE="0",  # no title request takes a scripted reply

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ask, expect, last_answer, log_in, start_site
-from tests.conftest import API_KEY
+from tests.browser.conftest import ask, expect, fake_model, last_answer, log_in, start_site
 from tests.fake_upstream import FakeUpstream, completion, stream
 from tests.servers import Site
 
@@ -46,12 +45,7 @@ def long_markdown(tokens: int) -> list[str]:
 
 @pytest.fixture
 def long_site(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Site]:
-    yield from start_site(
-        tmp_path,
-        OPENAI_BASE_URL=fake_upstream.url,
-        OPENAI_API_KEY=API_KEY,
-        CHAT_MODEL="fake-model",
-    )
+    yield from start_site(tmp_path, **fake_model(fake_upstream))
 
 
 async def test_a_20000_token_answer_never_freezes_the_page(
