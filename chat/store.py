@@ -7,14 +7,17 @@ costs one thread hop to set up, one per checkpoint, and one to finish.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NotRequired, ParamSpec, TypedDict, TypeVar, Unpack
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import F
@@ -47,33 +50,64 @@ def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     return database_sync_to_async(func)  # type: ignore[no-any-return]
 
 
-def beside_the_queue(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run in a worker thread with a connection of its own, closed after the call.
+def ready_kept_connection() -> None:
+    """Before a call on a connection a thread of ours keeps open: drop it if it failed.
+
+    Django checks a connection between requests; a thread of our own has none, so a
+    connection the database dropped (a restart, a failover) would fail every call
+    after it. This reconnects on the next call instead, as a request would.
+    """
+    if connection.errors_occurred or (
+        connection.close_at is not None and time.monotonic() >= connection.close_at
+    ):
+        connection.close_if_unusable_or_obsolete()
+
+
+class Beside:
+    """A worker thread beside Channels' database thread, on a connection kept open.
 
     For the check of the others' heartbeats: behind hundreds of turns queued on
     Channels' one database thread, it would come late (the heartbeat itself has a
-    thread of its own: ``chat.liveness.Heart``). Not on SQLite:
-    a second connection writing beside the first can make SQLite refuse a turn's
-    write at once ("database is locked"), and a process on SQLite has no peers
-    waiting on its heartbeat anyway.
+    thread of its own: ``chat.liveness.Heart``). One thread, one connection kept
+    between calls: a connection per call, twice a second in every process, is what
+    a primary behind hundreds of processes would spend its time accepting. Not on
+    SQLite: a second connection writing beside the first can make SQLite refuse a
+    turn's write at once ("database is locked"), and a process on SQLite has no
+    peers waiting on its heartbeat anyway.
     """
 
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+
+    def wrap(self, func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """``func`` run in this thread (in Channels' database thread on SQLite)."""
+        queued = in_db_thread(func)
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            ready_kept_connection()
             return func(*args, **kwargs)
-        finally:
-            connection.close()
 
-    beside = sync_to_async(call, thread_sensitive=False)
-    queued = in_db_thread(func)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if connection.vendor == "sqlite":
+                return await queued(*args, **kwargs)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+            work = functools.partial(call, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
-    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if connection.vendor == "sqlite":
-            return await queued(*args, **kwargs)
-        result: R = await beside(*args, **kwargs)
-        return result
+        return run
 
-    return run
+    async def close(self) -> None:
+        """Close the thread's connection and let the thread go (the process stops)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, connection.close)
+            executor.shutdown(wait=False)
+
+
+#: Where the check of the others' heartbeats runs.
+beside = Beside("chat-liveness")
 
 
 @dataclass(slots=True)
@@ -441,6 +475,7 @@ def save_checkpoints(rows: list[Checkpoint]) -> None:
 
 def beat_now(process_id: uuid.UUID, host: str, pid: int) -> None:
     """This process is alive: renew its heartbeat row (made on the first beat)."""
+    ready_kept_connection()  # the heart's thread keeps its connection
     now = timezone.now()
     if not Process.objects.filter(pk=process_id).update(seen_at=now):
         Process.objects.create(id=process_id, host=host[:255], pid=pid, seen_at=now)
@@ -452,7 +487,7 @@ beat = in_db_thread(beat_now)
 
 def beats_in_a_thread() -> bool:
     """Whether the heartbeat gets a thread and connection of its own (not on SQLite:
-    see ``beside_the_queue``)."""
+    see ``Beside``)."""
     return connection.vendor != "sqlite"
 
 
@@ -525,7 +560,7 @@ def _interrupt_orphans(
 
 interrupt_orphans = in_db_thread(_interrupt_orphans)
 #: The same, for the answers of dead processes: beside the queue, like the heartbeat.
-interrupt_dead_processes = beside_the_queue(_interrupt_orphans)
+interrupt_dead_processes = beside.wrap(_interrupt_orphans)
 
 
 @in_db_thread

@@ -440,3 +440,64 @@ async def test_a_deploy_lets_the_answer_finish_while_its_page_moves_to_another_p
     with psycopg.connect(database) as db:
         row = db.execute("SELECT status, content FROM chat_message WHERE id = %s", (answer,))
         assert row.fetchone() == ("complete", "Before the deploy. After it.")
+
+
+def heartbeat_ages(database: str) -> list[float]:
+    with psycopg.connect(database) as db:
+        rows = db.execute("SELECT extract(epoch FROM now() - seen_at) FROM chat_process")
+        return [float(age) for (age,) in rows]
+
+
+# The age sweep a minute away: only the heartbeat could end the answer in the test's time.
+@pytest.mark.parametrize("orphan_after", ["60"])
+async def test_a_database_that_drops_every_connection_does_not_make_live_processes_look_dead(
+    cluster: Cluster, upstream: FakeUpstream, database: str
+) -> None:
+    """A PostgreSQL restart or failover closes every connection: each process reconnects
+    its heartbeat and its check of the others, and nobody's running answer is ended."""
+    gate = asyncio.Event()
+    upstream.script(paused(["Half an answer, "], gate, ["and the rest."]))
+    async with watched_elsewhere(cluster, database) as (b, _, answer):
+        with psycopg.connect(database, autocommit=True) as db:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database.rsplit("/", 1)[1],),
+            )
+        # Two process timeouts (4 s each): a process whose beats kept failing is taken for dead.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                frame = json.loads(await asyncio.wait_for(b.recv(), 0.5))
+                assert frame["type"] != "done", f"the live answer was ended: {frame}"
+        ages = heartbeat_ages(database)
+        assert len(ages) == 2 and max(ages) < 2, f"a heartbeat stopped after the drop: {ages}"
+        gate.set()
+        frames = await receive_until(b, "done")
+    assert frames[-1]["status"] == "complete"
+    with psycopg.connect(database) as db:
+        row = db.execute("SELECT status, content FROM chat_message WHERE id = %s", (answer,))
+        assert row.fetchone() == ("complete", "Half an answer, and the rest.")
+
+
+async def test_idle_processes_keep_their_database_connections_instead_of_opening_new_ones(
+    cluster: Cluster, database: str
+) -> None:
+    """The heartbeat and the check of the others run every half second: on connections
+    kept open, not a new one each time (hundreds of processes would flood the primary)."""
+
+    def sessions(db: psycopg.Connection[Any]) -> int:
+        row = db.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s",
+            (database.rsplit("/", 1)[1],),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with cluster.open(0), cluster.open(1):  # the sweeps start with the first socket
+        await asyncio.sleep(1)  # let each process open what it keeps
+        with psycopg.connect(database, autocommit=True) as db:
+            before = sessions(db)
+            await asyncio.sleep(3)  # six rounds of beats and checks in each process
+            opened = sessions(db) - before
+    assert opened == 0, f"{opened} connections opened in 3 s by two idle processes"
