@@ -921,7 +921,7 @@ def database_costs(loop: asyncio.AbstractEventLoop, effort: Effort) -> dict[str,
     thread: turn setup, one row of a checkpoint, the final save, the day's usage, a title."""
     from django.db import transaction
 
-    from chat import store
+    from chat import batches, store
     from chat.usage import Usage
 
     n, repeat = effort.turns, effort.repeat
@@ -979,7 +979,7 @@ def database_costs(loop: asyncio.AbstractEventLoop, effort: Effort) -> dict[str,
     results["final"] = per_op(on(loop, finish), n, repeat)
     results["title"] = per_op(on(loop, title), n, repeat)
 
-    @store.in_db_thread
+    @batches.in_db_thread
     def first_usage_of_the_day() -> None:
         # Alone, in the database thread, without its hop: its share of the final save.
         for _ in range(n):

@@ -21,11 +21,11 @@ from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.signals import user_logged_out
 from django.http import HttpRequest
 
+from chat.batches import in_db_thread
 from chat.conf import conf
 from chat.exceptions import NotAllowed
 from chat.models import Owner
 from chat.permissions import can_chat
-from chat.store import in_db_thread
 
 logger = logging.getLogger(__name__)
 

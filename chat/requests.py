@@ -27,9 +27,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 
+from chat.batches import in_db_thread
 from chat.hooks import request_builder
 from chat.models import Conversation, Message, Owner
-from chat.store import in_db_thread
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 Each function is synchronous and runs in Channels' database thread through
 ``database_sync_to_async``; each does its step in one transaction, so a turn
-costs one thread hop to set up, one per checkpoint, and one to finish.
+costs one thread hop to set up, one per checkpoint, and one to finish. Turn
+setups and endings that arrive together share a hop and a commit
+(``chat.batches``): a busy second costs a few transactions, not hundreds.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NotRequired, ParamSpec, TypedDict, TypeVar, Unpack
 
-from channels.db import database_sync_to_async
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from chat import liveness
+from chat.batches import Batch, in_db_thread
 from chat.conf import conf
 from chat.exceptions import ClientError, ConversationBusy, SessionEnded
 from chat.models import (
@@ -43,11 +45,6 @@ TITLE_WORDS = 8
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """``database_sync_to_async``, typed: the call runs in Channels' database thread."""
-    return database_sync_to_async(func)  # type: ignore[no-any-return]
 
 
 def ready_kept_connection() -> None:
@@ -108,6 +105,12 @@ class Beside:
 
 #: Where the check of the others' heartbeats runs.
 beside = Beside("chat-liveness")
+
+
+#: Turn setups (new questions, edits, answers again), made together when several wait.
+setups = Batch("turn setups")
+#: Answers' final saves and titles, made together when several wait.
+endings = Batch("answer endings")
 
 
 @dataclass(slots=True)
@@ -331,7 +334,7 @@ def _check(still_allowed: Callable[[], bool] | None) -> None:
         raise SessionEnded("Your session ended (logged out): log in again to chat.")
 
 
-@in_db_thread
+@setups.of
 def start_turn(
     owner: Owner,
     conversation_id: uuid.UUID | None,
@@ -377,7 +380,7 @@ class TurnOptions(TypedDict):
     still_allowed: NotRequired[Callable[[], bool] | None]
 
 
-@in_db_thread
+@setups.of
 def edit_turn(
     owner: Owner, message_id: uuid.UUID, content: str, **options: Unpack[TurnOptions]
 ) -> Turn:
@@ -385,7 +388,7 @@ def edit_turn(
     return _new_version(owner, message_id, Message.Roles.USER, content, **options)
 
 
-@in_db_thread
+@setups.of
 def regenerate_turn(owner: Owner, message_id: uuid.UUID, **options: Unpack[TurnOptions]) -> Turn:
     """Answer the same question again: a new answer beside the old one, which is kept."""
     return _new_version(owner, message_id, Message.Roles.ASSISTANT, None, **options)
@@ -563,7 +566,7 @@ interrupt_orphans = in_db_thread(_interrupt_orphans)
 interrupt_dead_processes = beside.wrap(_interrupt_orphans)
 
 
-@in_db_thread
+@endings.of
 def finish_message(
     message_id: uuid.UUID,
     *,
@@ -580,7 +583,7 @@ def finish_message(
         record_usage(owner_key, usage, answers=1)
 
 
-@in_db_thread
+@endings.of
 def set_title(conversation_id: uuid.UUID, title: str, *, owner_key: str, usage: Usage) -> None:
     """Store a conversation's title (if any) and count the tokens it cost."""
     with transaction.atomic():

@@ -1,0 +1,132 @@
+"""Database calls that arrive together are made together: one thread hop, one commit.
+
+Every database call of the relay queues on Channels' one database thread. When
+hundreds of turns start at once (a busy minute, a reconnect storm) each paid its
+own hop, connection check and commit, one after the other, and the last turn's
+first token waited for all of them; when hundreds of answers ended at once,
+their saves queued in front of the next turns. A ``Batch`` runs the calls that
+came while its previous call was in the thread as one call, each in a savepoint
+of one transaction: alone, a call goes at once, as before; under load, the
+queue never holds more than one call of each batch, so a turn's setup waits
+behind at most one batch of final saves, not behind five hundred of them.
+
+What a call raises reaches its own caller only; a call that fails rolls back to
+its savepoint and the others commit. If the transaction itself fails (a deadlock
+with another process, a dropped connection), each call is made again alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from channels.db import database_sync_to_async
+from django.db import DatabaseError, transaction
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Outcome(Generic[R]):
+    """What one call returned, or raised."""
+
+    value: R | None = None
+    error: BaseException | None = None
+
+    def unwrap(self) -> R:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def _alone(call: Callable[[], Any]) -> Outcome[Any]:
+    """One call in its own transaction (the caller's ``atomic`` blocks make it one)."""
+    try:
+        return Outcome(call())
+    except Exception as error:  # the caller gets it back
+        return Outcome(error=error)
+
+
+def _in_savepoint(call: Callable[[], Any]) -> Outcome[Any]:
+    try:
+        with transaction.atomic():
+            return Outcome(call())
+    except DatabaseError as error:
+        # Back to the savepoint: the others' work stands. If the connection itself
+        # is gone, the commit fails and every call is made again alone.
+        return Outcome(error=error)
+    except Exception as error:  # a refusal (a limit, a busy conversation): its caller's
+        return Outcome(error=error)
+
+
+def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``database_sync_to_async``, typed: the call runs in Channels' database thread."""
+    return database_sync_to_async(func)  # type: ignore[no-any-return]
+
+
+@in_db_thread
+def _run(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
+    if len(calls) == 1:
+        return [_alone(calls[0])]
+    try:
+        with transaction.atomic():
+            return [_in_savepoint(call) for call in calls]
+    except DatabaseError:
+        logger.warning("A batch of %d database calls failed; making them one by one", len(calls))
+        return [_alone(call) for call in calls]
+
+
+class Batch:
+    """A queue of database calls, made together whenever several wait."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._waiting: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        #: How many calls each trip to the database thread carried (the last hundred).
+        self.sizes: list[int] = []
+
+    def of(self, func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """``func`` (synchronous, database work) as an awaitable queued on this batch."""
+
+        @functools.wraps(func)
+        async def queued(*args: P.args, **kwargs: P.kwargs) -> R:
+            loop = asyncio.get_running_loop()
+            if self._drainer is not None and self._drainer.get_loop() is not loop:
+                # An event loop of before (a test's, a server restarted in-process).
+                self._waiting, self._drainer = [], None
+            future: asyncio.Future[R] = loop.create_future()
+            self._waiting.append((functools.partial(func, *args, **kwargs), future))
+            if self._drainer is None or self._drainer.done():
+                self._drainer = loop.create_task(self._drain(), name=f"chat-batch-{self.name}")
+            return await future
+
+        return queued
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            # A caller that went away (its socket closed) before its call was made
+            # does not need it: a turn nobody would run is not stored.
+            waiting = [(call, future) for call, future in self._waiting if not future.done()]
+            self._waiting = []
+            if not waiting:
+                continue
+            self.sizes = [*self.sizes[-99:], len(waiting)]
+            try:
+                outcomes = await _run([call for call, _ in waiting])
+            except Exception as error:  # the hop itself failed: every caller hears of it
+                outcomes = [Outcome(error=error)] * len(waiting)
+            for (_, future), outcome in zip(waiting, outcomes, strict=True):
+                if future.done():  # its caller went away meanwhile
+                    continue
+                if outcome.error is not None:
+                    future.set_exception(outcome.error)
+                else:
+                    future.set_result(outcome.value)

@@ -1,0 +1,170 @@
+"""Database calls that arrive together share a trip to the database thread and one commit,
+and each keeps its own outcome: one refused call costs the others nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import IntegrityError
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from chat import store
+from chat.batches import Batch
+from chat.exceptions import ClientError, SessionEnded
+from chat.models import Conversation, DailyUsage, Message, Owner
+from chat.usage import Usage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def commits(monkeypatch: Any) -> Iterator[list[int]]:
+    """Every commit any connection makes, counted."""
+    made: list[int] = []
+    commit = BaseDatabaseWrapper.commit
+
+    def counted(self: BaseDatabaseWrapper) -> None:
+        made.append(1)
+        commit(self)
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "commit", counted)
+    yield made
+
+
+def people(django_user_model: Any, n: int) -> list[Owner]:
+    return [
+        Owner(user_id=django_user_model.objects.create_user(f"user{i}", password="pw").pk)
+        for i in range(n)
+    ]
+
+
+async def ask(owner: Owner, question: str, **options: Any) -> store.Turn:
+    return await store.start_turn(
+        owner, None, question, model="fake-model", system_prompt="", **options
+    )
+
+
+async def test_turns_that_start_together_are_stored_in_one_commit(
+    django_user_model: Any, commits: list[int]
+) -> None:
+    owners = await asyncio.to_thread(people, django_user_model, 20)
+    commits.clear()
+
+    turns = await asyncio.gather(*(ask(owner, f"Question {i}") for i, owner in enumerate(owners)))
+
+    assert store.setups.sizes[-1] == 20 and len(commits) == 1
+    for i, turn in enumerate(turns):
+        asked = await Message.objects.aget(pk=turn.user_message.id)  # type: ignore[union-attr]
+        answer = await Message.objects.aget(pk=turn.assistant_message.id)
+        assert (asked.content, answer.status) == (f"Question {i}", "streaming")
+        assert turn.history == [{"role": "user", "content": f"Question {i}"}]
+
+
+async def test_a_refused_turn_costs_the_turns_beside_it_nothing(
+    django_user_model: Any, other_user: Any
+) -> None:
+    owners = await asyncio.to_thread(people, django_user_model, 3)
+    theirs = await Conversation.objects.acreate(owner=other_user, title="Not yours")
+
+    outcomes = await asyncio.gather(
+        ask(owners[0], "Fine"),
+        store.start_turn(
+            owners[1], theirs.id, "Someone else's", model="fake-model", system_prompt=""
+        ),
+        ask(owners[2], "Logged out", still_allowed=lambda: False),
+        ask(owners[2], "Fine too"),
+        return_exceptions=True,
+    )
+
+    assert store.setups.sizes[-1] == 4
+    fine, not_found, logged_out, fine_too = outcomes
+    assert isinstance(not_found, ClientError) and not_found.code == "not_found"
+    assert isinstance(logged_out, SessionEnded)
+    assert isinstance(fine, store.Turn) and isinstance(fine_too, store.Turn)
+    questions = [m.content async for m in Message.objects.filter(role="user").order_by("content")]
+    assert questions == ["Fine", "Fine too"]
+    assert await theirs.messages.acount() == 0
+
+
+async def test_answers_that_end_together_are_saved_in_one_commit_with_their_usage(
+    user: Any, commits: list[int]
+) -> None:
+    conversation = await Conversation.objects.acreate(owner=user, title="Many")
+    answers = [
+        await Message.objects.acreate(
+            conversation=conversation, role="assistant", status="streaming"
+        )
+        for _ in range(10)
+    ]
+    owner = Owner(user_id=user.pk)
+    commits.clear()
+
+    await asyncio.gather(
+        *(
+            store.finish_message(
+                answer.id,
+                owner_key=owner.key,
+                usage=Usage(prompt_tokens=10, completion_tokens=i, estimated=False),
+                content=f"Answer {i}",
+                status="complete",
+            )
+            for i, answer in enumerate(answers)
+        )
+    )
+
+    assert store.endings.sizes[-1] == 10 and len(commits) == 1
+    saved = {m.id: m async for m in Message.objects.filter(conversation=conversation)}
+    for i, answer in enumerate(answers):
+        assert (saved[answer.id].content, saved[answer.id].status) == (f"Answer {i}", "complete")
+        assert saved[answer.id].completion_tokens == i
+    day = await DailyUsage.objects.aget(owner_key=owner.key)
+    assert (day.answers, day.prompt_tokens, day.completion_tokens) == (10, 100, 45)
+
+
+async def test_a_batch_whose_commit_fails_is_made_again_call_by_call(user: Any) -> None:
+    """A failure only the commit reveals (a deferred constraint, a deadlock, a dropped
+    connection) rolls back every call: each is made again alone, and only it fails."""
+    batch = Batch("test")
+    add = batch.of(lambda title: Conversation.objects.create(owner=user, title=title))
+    orphan = batch.of(
+        lambda: Message.objects.create(conversation_id=uuid.uuid4(), role="user", content="?")
+    )
+
+    outcomes = await asyncio.gather(add("first"), orphan(), add("second"), return_exceptions=True)
+
+    assert batch.sizes == [3]
+    assert isinstance(outcomes[1], IntegrityError)
+    titles = [c.title async for c in Conversation.objects.order_by("title")]
+    assert titles == ["first", "second"]
+    assert await Message.objects.acount() == 0
+
+
+async def test_a_call_whose_caller_went_away_before_it_was_made_is_not_made(user: Any) -> None:
+    batch = Batch("test")
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    held = asyncio.create_task(batch.of(hold)())
+    await asyncio.to_thread(entered.wait, 10)  # the database thread is busy with it
+    gone = asyncio.create_task(
+        batch.of(lambda: Conversation.objects.create(owner=user, title="Nobody waits"))()
+    )
+    kept = asyncio.create_task(
+        batch.of(lambda: Conversation.objects.create(owner=user, title="Wanted"))()
+    )
+    await asyncio.sleep(0)  # both queued behind the call in the thread
+    gone.cancel()
+    release.set()
+
+    await held
+    await kept
+    assert [c.title async for c in Conversation.objects.all()] == ["Wanted"]
+    assert batch.sizes == [1, 1]
