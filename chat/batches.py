@@ -86,8 +86,9 @@ def _run(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
 class Batch:
     """A queue of database calls, made together whenever several wait."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, most: int = 50) -> None:
         self.name = name
+        self.most = most
         self._waiting: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
         #: How many calls each trip to the database thread carried (the last hundred).
@@ -115,7 +116,9 @@ class Batch:
             # A caller that went away (its socket closed) before its call was made
             # does not need it: a turn nobody would run is not stored.
             waiting = [(call, future) for call, future in self._waiting if not future.done()]
-            self._waiting = []
+            # At most ``most`` a trip: each caller waits for its whole batch, so five
+            # hundred turns in one trip would all start when the last is stored.
+            waiting, self._waiting = waiting[: self.most], waiting[self.most :]
             if not waiting:
                 continue
             self.sizes = [*self.sizes[-99:], len(waiting)]

@@ -168,3 +168,15 @@ async def test_a_call_whose_caller_went_away_before_it_was_made_is_not_made(user
     await kept
     assert [c.title async for c in Conversation.objects.all()] == ["Wanted"]
     assert batch.sizes == [1, 1]
+
+
+async def test_a_long_queue_goes_in_trips_of_a_bounded_size(user: Any) -> None:
+    """Each caller waits for its whole trip: five hundred turns in one would all start
+    when the last is stored, so the first ones go first."""
+    batch = Batch("test", most=2)
+    add = batch.of(lambda title: Conversation.objects.create(owner=user, title=title))
+
+    created = await asyncio.gather(*(add(f"{i}") for i in range(5)))
+
+    assert batch.sizes == [2, 2, 1]
+    assert [c.title for c in created] == ["0", "1", "2", "3", "4"]
