@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NotRequired, ParamSpec, TypedDict, TypeVar, Unpack
 
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
@@ -156,18 +156,15 @@ def check_limits(owner: Owner) -> int | None:
 
     Returns the tokens left in the user's daily budget, or None without a budget.
     """
-    # Two counts, not one OR-ed query: each can use its own index (status; the
-    # conversation's messages by time), where an OR scans the whole table on SQLite.
-    mine = Message.objects.owned_by(owner).filter(role=Message.Roles.ASSISTANT)
-    running = mine.filter(status=Message.Statuses.STREAMING)
+    running, recent = _answer_counts(owner, since=timezone.now() - timedelta(minutes=1))
     limit = conf.CHAT_MAX_RUNNING_ANSWERS
-    if running.count() >= limit:
+    if running >= limit:
         raise ClientError(
             "too_many_answers",
             f"You already have {limit} answers being written; wait for one to finish or stop it.",
         )
     per_minute = conf.CHAT_TURNS_PER_MINUTE
-    if mine.filter(created_at__gte=timezone.now() - timedelta(minutes=1)).count() >= per_minute:
+    if recent >= per_minute:
         raise ClientError(
             "slow_down",
             f"You can send {per_minute} messages a minute; try again in a moment.",
@@ -182,6 +179,52 @@ def check_limits(owner: Owner) -> int | None:
             f"You have used your {budget} tokens for today; the budget renews at midnight.",
         )
     return left
+
+
+def _answer_counts(owner: Owner, *, since: datetime) -> tuple[int, int]:
+    """``owner``'s answers being written, and answers asked since ``since``.
+
+    One statement, written out: the ORM compiled these two counts anew on every
+    turn, a third of a turn's setup. Two counts, not one OR-ed query: each uses
+    its own index (status; the conversation's messages by time), where an OR
+    scans the whole table on SQLite. The owner as ``Message.objects.owned_by``.
+    """
+    params: list[Any]
+    if owner.user_id is not None:
+        whose, params = f"{_q(_owner_column)} = %s", [owner.user_id]
+    elif owner.session_key:
+        whose = f"{_q(_owner_column)} IS NULL AND {_q('session_key')} = %s"
+        params = [owner.session_key]
+    else:
+        return 0, 0
+    mine = (
+        f"{_q('role')} = %s AND {_q(_conversation_column)} IN "
+        f"(SELECT {_q('id')} FROM {_q(Conversation._meta.db_table)} WHERE {whose})"
+    )
+    table = _q(Message._meta.db_table)
+    sql = (
+        f"SELECT (SELECT COUNT(*) FROM {table} WHERE {mine} AND {_q('status')} = %s), "
+        f"(SELECT COUNT(*) FROM {table} WHERE {mine} AND {_q('created_at')} >= %s)"
+    )
+    created = Message._meta.get_field("created_at")
+    assert isinstance(created, models.DateTimeField)
+    assistant: Any = Message.Roles.ASSISTANT.value
+    since_value = created.get_db_prep_value(since, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [assistant, *params, Message.Statuses.STREAMING.value, assistant, *params, since_value],
+        )
+        running, recent = cursor.fetchone()
+    return int(running), int(recent)
+
+
+def _q(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+_owner_column = Conversation._meta.get_field("owner").column
+_conversation_column = Message._meta.get_field("conversation").column
 
 
 def tokens_today(owner_key: str) -> int:

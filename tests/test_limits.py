@@ -6,11 +6,17 @@ import asyncio
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from chat.models import Message
+from chat.models import Conversation, Message, Owner
+from chat.store import _answer_counts
 from tests.conftest import Connect
 from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 from tests.servers import ROOT
@@ -136,3 +142,55 @@ def test_a_production_site_without_a_model_fails_the_deploy_checks() -> None:
     result = deploy_check(PRODUCTION)
     assert result.returncode != 0
     assert "chat.W002" in result.stderr and "demo model" in result.stderr
+
+
+OWNERS = [("user", 0), ("user", 1), ("session", "s-one"), ("session", "s-two")]
+messages = st.lists(
+    st.tuples(
+        st.integers(0, len(OWNERS) - 1),  # whose conversation
+        st.sampled_from(["assistant", "user"]),
+        st.sampled_from(["streaming", "complete", "stopped", "interrupted"]),
+        st.integers(0, 180),  # seconds ago
+    ),
+    max_size=25,
+)
+
+
+@pytest.mark.django_db(transaction=False)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=messages)
+def test_the_limit_counts_are_exactly_the_owners_answers_running_and_recent(
+    rows: list[tuple[int, str, str, int]], user: Any, other_user: Any
+) -> None:
+    """The counts a turn's limits read (one hand-written statement) agree with the ORM's
+    own definition of whose messages they are, for users and anonymous sessions alike."""
+    people = [user, other_user]
+    owners = [
+        Owner(user_id=people[key].pk) if kind == "user" else Owner(user_id=None, session_key=key)
+        for kind, key in OWNERS
+    ]
+    now = timezone.now()
+    with transaction.atomic():
+        conversations = [
+            Conversation.objects.create(
+                owner=people[key] if kind == "user" else None,
+                session_key=key if kind == "session" else "",
+            )
+            for kind, key in OWNERS
+        ]
+        for whose, role, status, ago in rows:
+            message = Message.objects.create(
+                conversation=conversations[whose], role=role, status=status
+            )
+            Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(seconds=ago))
+        since = now - timedelta(minutes=1)
+        for owner in [*owners, Owner(user_id=None, session_key="nobody's")]:
+            mine = Message.objects.owned_by(owner).filter(role="assistant")
+            expected = (
+                mine.filter(status="streaming").count(),
+                mine.filter(created_at__gte=since).count(),
+            )
+            assert _answer_counts(owner, since=since) == expected
+        transaction.set_rollback(True)
