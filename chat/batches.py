@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,19 @@ def in_db_thread(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     return database_sync_to_async(func)  # type: ignore[no-any-return]
 
 
-@in_db_thread
+def ready_kept_connection() -> None:
+    """Before a call on a connection a thread of ours keeps open: drop it if it failed.
+
+    Django checks a connection between requests; a thread of our own has none, so a
+    connection the database dropped (a restart, a failover) would fail every call
+    after it. This reconnects on the next call instead, as a request would.
+    """
+    if connection.errors_occurred or (
+        connection.close_at is not None and time.monotonic() >= connection.close_at
+    ):
+        connection.close_if_unusable_or_obsolete()
+
+
 def _run(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
     if len(calls) == 1:
         return [_alone(calls[0])]
@@ -83,15 +98,31 @@ def _run(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
         return [_alone(call) for call in calls]
 
 
-class Batch:
-    """A queue of database calls, made together whenever several wait."""
+_run_in_db_thread = in_db_thread(_run)
 
-    def __init__(self, name: str, most: int = 50) -> None:
+
+def _run_on_kept_connection(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
+    ready_kept_connection()
+    return _run(calls)
+
+
+class Batch:
+    """A queue of database calls, made together whenever several wait.
+
+    With ``lanes`` above one (and a database other than SQLite, which takes one
+    writer at a time), up to that many trips run at once, each on a thread and
+    connection of its own: a trip mostly waits for the database's answers, and with
+    the database a few milliseconds away one lane is full long before the process.
+    """
+
+    def __init__(self, name: str, most: int = 50, lanes: int = 1) -> None:
         self.name = name
         self.most = most
+        self.lanes = lanes
         self._waiting: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._drainer: asyncio.Task[None] | None = None
-        #: How many calls each trip to the database thread carried (the last hundred).
+        self._drainers: set[asyncio.Task[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        #: How many calls each trip to the database carried (the last hundred).
         self.sizes: list[int] = []
 
     def of(self, func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -100,16 +131,29 @@ class Batch:
         @functools.wraps(func)
         async def queued(*args: P.args, **kwargs: P.kwargs) -> R:
             loop = asyncio.get_running_loop()
-            if self._drainer is not None and self._drainer.get_loop() is not loop:
+            if any(drainer.get_loop() is not loop for drainer in self._drainers):
                 # An event loop of before (a test's, a server restarted in-process).
-                self._waiting, self._drainer = [], None
+                self._waiting, self._drainers = [], set()
             future: asyncio.Future[R] = loop.create_future()
             self._waiting.append((functools.partial(func, *args, **kwargs), future))
-            if self._drainer is None or self._drainer.done():
-                self._drainer = loop.create_task(self._drain(), name=f"chat-batch-{self.name}")
+            self._drainers = {drainer for drainer in self._drainers if not drainer.done()}
+            if len(self._drainers) < self._lanes():
+                name = f"chat-batch-{self.name}"
+                self._drainers.add(loop.create_task(self._drain(), name=name))
             return await future
 
         return queued
+
+    def _lanes(self) -> int:
+        return 1 if connection.vendor == "sqlite" else self.lanes
+
+    async def _trip(self, calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
+        if self._lanes() == 1:
+            return await _run_in_db_thread(calls)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix=f"chat-{self.name}")
+        work = functools.partial(_run_on_kept_connection, calls)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def _drain(self) -> None:
         while self._waiting:
@@ -117,13 +161,15 @@ class Batch:
             # does not need it: a turn nobody would run is not stored.
             waiting = [(call, future) for call, future in self._waiting if not future.done()]
             # At most ``most`` a trip: each caller waits for its whole batch, so five
-            # hundred turns in one trip would all start when the last is stored.
-            waiting, self._waiting = waiting[: self.most], waiting[self.most :]
+            # hundred turns in one trip would all start when the last is stored. With
+            # several lanes, a share of what waits: the other lanes take the rest.
+            take = min(self.most, math.ceil(len(waiting) / self._lanes()))
+            waiting, self._waiting = waiting[:take], waiting[take:]
             if not waiting:
                 continue
             self.sizes = [*self.sizes[-99:], len(waiting)]
             try:
-                outcomes = await _run([call for call, _ in waiting])
+                outcomes = await self._trip([call for call, _ in waiting])
             except Exception as error:  # the hop itself failed: every caller hears of it
                 outcomes = [Outcome(error=error)] * len(waiting)
             for (_, future), outcome in zip(waiting, outcomes, strict=True):

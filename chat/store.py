@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from chat import liveness
-from chat.batches import Batch, in_db_thread
+from chat.batches import Batch, in_db_thread, ready_kept_connection
 from chat.conf import conf
 from chat.exceptions import ClientError, ConversationBusy, SessionEnded
 from chat.models import (
@@ -45,19 +44,6 @@ TITLE_WORDS = 8
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def ready_kept_connection() -> None:
-    """Before a call on a connection a thread of ours keeps open: drop it if it failed.
-
-    Django checks a connection between requests; a thread of our own has none, so a
-    connection the database dropped (a restart, a failover) would fail every call
-    after it. This reconnects on the next call instead, as a request would.
-    """
-    if connection.errors_occurred or (
-        connection.close_at is not None and time.monotonic() >= connection.close_at
-    ):
-        connection.close_if_unusable_or_obsolete()
 
 
 class Beside:
@@ -107,8 +93,9 @@ class Beside:
 beside = Beside("chat-liveness")
 
 
-#: Turn setups (new questions, edits, answers again), made together when several wait.
-setups = Batch("turn setups")
+#: Turn setups (new questions, edits, answers again), made together when several wait;
+#: off SQLite four trips at once: a turn's first token waits for its setup's round trips.
+setups = Batch("turn setups", lanes=4)
 #: Answers' final saves and titles, made together when several wait.
 endings = Batch("answer endings")
 

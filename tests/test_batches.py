@@ -180,3 +180,21 @@ async def test_a_long_queue_goes_in_trips_of_a_bounded_size(user: Any) -> None:
 
     assert batch.sizes == [2, 2, 1]
     assert [c.title for c in created] == ["0", "1", "2", "3", "4"]
+
+
+async def test_with_lanes_the_calls_waiting_together_run_side_by_side(
+    monkeypatch: Any,
+) -> None:
+    """Off SQLite a setup's trip mostly waits for the database: two lanes make two trips
+    at once (each call here waits for the other to start)."""
+    monkeypatch.setattr(Batch, "_lanes", lambda self: self.lanes)
+    both_started = threading.Barrier(2, timeout=10)
+
+    def meet() -> str:
+        both_started.wait()
+        return threading.current_thread().name
+
+    batch = Batch("test", lanes=2)
+    names = await asyncio.gather(batch.of(meet)(), batch.of(meet)())
+
+    assert batch.sizes == [1, 1] and names[0] != names[1]
