@@ -59,7 +59,7 @@ class Measured:
     pg_title_rows: float
     pg_process_transactions_per_second: float  # heartbeat writes
     pg_process_rows_per_second: float
-    pg_process_connections_per_second: float  # the dead-process check's own connections
+    pg_process_connections_per_second: float  # new connections a process opens (it keeps its own)
     pg_wal_bytes_per_stream_second: float
     pg_primary_transactions_per_second: float  # pgbench TPC-B-like
     pg_primary_checkpoint_rows_per_second: float  # pgbench, batched like the checkpoints
@@ -261,7 +261,7 @@ def describe(p: Plan, m: Measured) -> str:
             f"{against(db.rows, m.pg_primary_checkpoint_rows_per_second)} (batched rows)",
             f"  {db.wal_mb:,.0f} MB/s of WAL (at 1 s checkpoints of 300-token answers); "
             f"{against(db.wal_mb, m.pg_primary_wal_mb_per_second).replace('/s', ' MB/s')}",
-            f"  {db.connections:,.0f} new connections/s (each process's dead-process check); "
+            f"  {db.connections:,.0f} new connections/s (processes keep theirs: reconnections); "
             f"{against(db.connections, m.pg_primary_connections_per_second)}",
         ]
     )
