@@ -5,8 +5,8 @@ bench's table cannot say for what. This runs the bench's scenario against one
 ``python -m chat.server`` on a fresh PostgreSQL database, then reads each
 answer's own timeline from the database (stored, created, request sent, first
 token, finished) and PostgreSQL's commit counter: how long the turn setups took
-in all, and how many commits each answer cost. Not part of ``python -m bench``:
-the counter needs PostgreSQL's statistics flushed (up to ten idle seconds).
+in all, and how many commits each answer cost (read once the relay has stopped:
+its connections' statistics are flushed as they close).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from bench.scenarios import Scenario
 
 #: The stages of an answer, in order, as its timeline names them.
 STAGES = ["stored", "started", "request_sent", "first_token", "finished"]
-#: How long PostgreSQL may keep an idle backend's statistics before flushing them.
-STATS_FLUSH = 11.0
 
 
 def commits(database: str) -> int:
@@ -37,6 +35,22 @@ def commits(database: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def wait_for_backends_to_exit(database: str, timeout: float = 30.0) -> None:
+    """Until the relay's connections are gone: a backend flushes its statistics as it
+    exits (idle ones only every ten seconds), so the commit counter is whole then."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.05)
+    raise TimeoutError("the relay's database connections did not close")
 
 
 def stages(database: str, since: float) -> dict[str, list[float]]:
@@ -60,14 +74,12 @@ async def burst(streams: int, server: str, tokens: int = 300) -> dict[str, Any]:
     )
     upstream = f"http://127.0.0.1:{port}/v1"
     try:
-        with (
-            postgres_database() as database,
-            django_relay("burst", upstream, server, database) as relay,
-        ):
-            scenario = Scenario(f"{streams} streams at once", streams, tokens, 30)
-            before, since = commits(database), time.time()
-            result = await run_streams(relay, upstream, scenario)
-            await asyncio.sleep(STATS_FLUSH)
+        with postgres_database() as database:
+            with django_relay("burst", upstream, server, database) as relay:
+                scenario = Scenario(f"{streams} streams at once", streams, tokens, 30)
+                before, since = commits(database), time.time()
+                result = await run_streams(relay, upstream, scenario)
+            await asyncio.to_thread(wait_for_backends_to_exit, database)
             return {
                 "completed": result.completed,
                 "first_delta_p50_ms": result.first_delta_p50_ms,
