@@ -21,7 +21,14 @@ from typing import Any
 import psycopg
 
 from bench.load import percentile, run_streams
-from bench.processes import base_env, django_relay, postgres_database, start, stop
+from bench.processes import (
+    base_env,
+    django_relay,
+    postgres_database,
+    start,
+    stop,
+    wait_for_backends_to_exit,
+)
 from bench.scenarios import Scenario
 
 #: The stages of an answer, in order, as its timeline names them.
@@ -35,22 +42,6 @@ def commits(database: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def wait_for_backends_to_exit(database: str, timeout: float = 30.0) -> None:
-    """Until the relay's connections are gone: a backend flushes its statistics as it
-    exits (idle ones only every ten seconds), so the commit counter is whole then."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(database, autocommit=True) as db:
-        while time.monotonic() < deadline:
-            row = db.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            time.sleep(0.05)
-    raise TimeoutError("the relay's database connections did not close")
 
 
 def stages(database: str, since: float) -> dict[str, list[float]]:

@@ -170,6 +170,24 @@ def postgres_database(server: str | None = None) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def wait_for_backends_to_exit(database: str, timeout: float = 30.0) -> None:
+    """Until the relay's connections are gone: a backend flushes its statistics as it
+    exits (idle ones only every ten seconds), so the commit counter is whole then."""
+    deadline = time.monotonic() + timeout
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.05)
+    raise TimeoutError("the relay's database connections did not close")
+
+
 @contextlib.contextmanager
 def django_cluster(upstream: str) -> Iterator[Relay]:
     """Two daphne processes on Redis and PostgreSQL: answers run on one, watchers on the other."""

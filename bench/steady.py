@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -66,6 +66,7 @@ from bench.processes import (
     postgres_database,
     start,
     stop,
+    wait_for_backends_to_exit,
 )
 from bench.report import fmt
 from bench.scenarios import Scenario
@@ -349,8 +350,15 @@ def own_redis() -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def relay_for(options: Options, upstream: Server, redis_url: str) -> Iterator[Relay]:
-    """A fresh relay (and database) for one run."""
+def relay_for(
+    options: Options,
+    upstream: Server,
+    redis_url: str,
+    stopped: Callable[[str], None] = lambda database: None,
+) -> Iterator[Relay]:
+    """A fresh relay (and database) for one run; on PostgreSQL, ``stopped`` reads the
+    database once the relay has stopped and its connections have flushed their
+    statistics (an idle one would keep them up to ten seconds)."""
     base = f"{upstream.url}/v1"
     if options.relay == "daphne-x2":
         os.environ["BENCH_REDIS"] = redis_url  # django_cluster's Redis
@@ -370,13 +378,12 @@ def relay_for(options: Options, upstream: Server, redis_url: str) -> Iterator[Re
             yield relay
         return
     extra = {"REDIS_URL": redis_url, "REDIS_PREFIX": f"chat-steady-{uuid.uuid4().hex[:8]}"}
-    with (
-        postgres_database() as database,
-        delayed(database, options.db_delay_ms) as url,
-        django_relay("daphne-pg", base, "daphne", url, extra) as relay,
-    ):
-        relay.postgres = True
-        yield relay
+    with postgres_database() as database, delayed(database, options.db_delay_ms) as url:
+        with django_relay("daphne-pg", base, "daphne", url, extra) as relay:
+            relay.postgres = True
+            yield relay
+        wait_for_backends_to_exit(database)
+        stopped(database)
 
 
 @contextlib.contextmanager
@@ -495,9 +502,16 @@ async def one_run(options: Options, upstream: Server, redis: Server) -> Run:
     result = Run(
         options.relay, options.mode, options.streams, started, load, busy, waited, commit()
     )
-    with relay_for(options, upstream, redis.url) as relay:
+    after: dict[str, float] = {}
+
+    def read_database(database: str) -> None:
+        after.update(pg_counters(database, since=lsn)[1])
+
+    lsn, pg_before, processes = "", None, 1
+    with relay_for(options, upstream, redis.url, read_database) as relay:
         database = database_url(relay)
         lsn, pg_before = pg_counters(database) if database else ("", None)
+        processes = 2 if relay.peer else 1
         redis_before, redis_cpu = redis_counters(redis.url), own_cpu(psutil.Process(redis.pid))
         began = time.time()
         if options.mode == "burst":
@@ -508,14 +522,11 @@ async def one_run(options: Options, upstream: Server, redis: Server) -> Run:
             sends = [s.sent_at for s in streams if s.sent_at]
             span = max((s.arrivals[-1][0] for s in streams if s.arrivals), default=began)
             span -= min(sends, default=began)
-        if database and pg_before:
+        ended = time.time()
+        if database and pg_before and relay.peer:
+            # The cluster's database outlives this context: wait out the idle flush.
             await asyncio.sleep(STATS_FLUSH_S)
-            processes = 2 if relay.peer else 1
-            after = pg_counters(database, since=lsn)[1]
-            result.database = per_answer(pg_before, after, result, span, processes)
-            if others := result.database["other_databases_commits"]:
-                # Transaction ids and WAL are the whole server's: theirs are counted too.
-                result.notes.append(f"other databases committed meanwhile ({others:.0f})")
+            read_database(database)
         if relay.postgres:
             redis_after = redis_counters(redis.url)
             redis_cpu = own_cpu(psutil.Process(redis.pid)) - redis_cpu
@@ -526,6 +537,12 @@ async def one_run(options: Options, upstream: Server, redis: Server) -> Run:
                 if k.partition("|")[0] not in HANDSHAKES and n != redis_before.get(k, 0)
             }
             result.redis_commands_per_answer = sum(result.redis_commands.values()) / result.answers
+    if pg_before and after:
+        after["at"] = ended  # rates a second over the run, not its shutdown
+        result.database = per_answer(pg_before, after, result, span, processes)
+        if others := result.database["other_databases_commits"]:
+            # Transaction ids and WAL are the whole server's: theirs are counted too.
+            result.notes.append(f"other databases committed meanwhile ({others:.0f})")
     result.met = (
         result.complete == result.answers
         and result.p99_ms is not None
