@@ -21,6 +21,7 @@ import asyncio
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -109,13 +110,15 @@ def _run_on_kept_connection(calls: list[Callable[[], Any]]) -> list[Outcome[Any]
 class Batch:
     """A queue of database calls, made together whenever several wait.
 
-    With ``lanes`` above one (and a database other than SQLite, which takes one
-    writer at a time), up to that many trips run at once, each on a thread and
-    connection of its own: a trip mostly waits for the database's answers, and with
-    the database a few milliseconds away one lane is full long before the process.
+    With ``lanes`` (and a database other than SQLite, which takes one writer at a
+    time: there Channels' database thread serves every batch), trips run on that
+    many threads of the batch's own, each on a connection it keeps, up to ``lanes``
+    at once: a trip mostly waits for the database's answers, and with the database a
+    few milliseconds away one thread is full long before the process. Without,
+    trips run in Channels' database thread, one at a time.
     """
 
-    def __init__(self, name: str, most: int = 50, lanes: int = 1) -> None:
+    def __init__(self, name: str, most: int = 50, lanes: int = 0) -> None:
         self.name = name
         self.most = most
         self.lanes = lanes
@@ -144,16 +147,38 @@ class Batch:
 
         return queued
 
+    def _own_threads(self) -> bool:
+        return self.lanes > 0 and connection.vendor != "sqlite"
+
     def _lanes(self) -> int:
-        return 1 if connection.vendor == "sqlite" else self.lanes
+        return self.lanes if self._own_threads() else 1
 
     async def _trip(self, calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
-        if self._lanes() == 1:
+        if not self._own_threads():
             return await _run_in_db_thread(calls)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix=f"chat-{self.name}")
         work = functools.partial(_run_on_kept_connection, calls)
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def close(self) -> None:
+        """Close the connections of the batch's threads and let them go (the process stops)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # One job a thread: each waits until every thread holds one, then closes the
+        # connection of its own thread (Django's connections belong to their thread).
+        every_thread = threading.Barrier(self.lanes, timeout=5)
+
+        def close_mine() -> None:
+            every_thread.wait()
+            connection.close()
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(executor, close_mine) for _ in range(self.lanes))
+        )
+        executor.shutdown(wait=False)
 
     async def _drain(self) -> None:
         while self._waiting:

@@ -69,6 +69,7 @@ async def shutdown() -> None:
         await store.forget_process(liveness.process_id())
     except DatabaseError:
         logger.exception("Could not remove this process's heartbeat; it expires by itself")
+    await store.setups.close()
     await hub.close()
     await aclose_client()
 

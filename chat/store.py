@@ -9,15 +9,12 @@ setups and endings that arrive together share a hop and a commit
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NotRequired, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import F
@@ -42,56 +39,15 @@ logger = logging.getLogger(__name__)
 
 TITLE_WORDS = 8
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-
-class Beside:
-    """A worker thread beside Channels' database thread, on a connection kept open.
-
-    For the check of the others' heartbeats: behind hundreds of turns queued on
-    Channels' one database thread, it would come late (the heartbeat itself has a
-    thread of its own: ``chat.liveness.Heart``). One thread, one connection kept
-    between calls: a connection per call, twice a second in every process, is what
-    a primary behind hundreds of processes would spend its time accepting. Not on
-    SQLite: a second connection writing beside the first can make SQLite refuse a
-    turn's write at once ("database is locked"), and a process on SQLite has no
-    peers waiting on its heartbeat anyway.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._executor: ThreadPoolExecutor | None = None
-
-    def wrap(self, func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """``func`` run in this thread (in Channels' database thread on SQLite)."""
-        queued = in_db_thread(func)
-
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            ready_kept_connection()
-            return func(*args, **kwargs)
-
-        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            if connection.vendor == "sqlite":
-                return await queued(*args, **kwargs)
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
-            work = functools.partial(call, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
-
-        return run
-
-    async def close(self) -> None:
-        """Close the thread's connection and let the thread go (the process stops)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, connection.close)
-            executor.shutdown(wait=False)
-
-
-#: Where the check of the others' heartbeats runs.
-beside = Beside("chat-liveness")
-
+#: Where the check of the others' heartbeats runs: behind hundreds of turns queued on
+#: Channels' one database thread it would come late (the heartbeat itself has a thread
+#: of its own: ``chat.liveness.Heart``), and on a connection of its own kept open: one
+#: opened per call, twice a second in every process, is what a primary behind hundreds
+#: of processes would spend its time accepting. On SQLite, Channels' thread: a second
+#: connection writing beside the first can make SQLite refuse a turn's write at once
+#: ("database is locked"), and a process on SQLite has no peers waiting on it anyway.
+liveness_checks = Batch("liveness", lanes=1)
 
 #: Turn setups (new questions, edits, answers again), made together when several wait;
 #: off SQLite four trips at once: a turn's first token waits for its setup's round trips.
@@ -520,7 +476,7 @@ beat = in_db_thread(beat_now)
 
 def beats_in_a_thread() -> bool:
     """Whether the heartbeat gets a thread and connection of its own (not on SQLite:
-    see ``Beside``)."""
+    see ``liveness_checks``)."""
     return connection.vendor != "sqlite"
 
 
@@ -593,7 +549,7 @@ def _interrupt_orphans(
 
 interrupt_orphans = in_db_thread(_interrupt_orphans)
 #: The same, for the answers of dead processes: beside the queue, like the heartbeat.
-interrupt_dead_processes = beside.wrap(_interrupt_orphans)
+interrupt_dead_processes = liveness_checks.of(_interrupt_orphans)
 
 
 @endings.of

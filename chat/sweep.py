@@ -170,7 +170,7 @@ class Sweeper:
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
         await asyncio.to_thread(liveness.heart.stop)
-        await store.beside.close()
+        await store.liveness_checks.close()
 
 
 sweeper = Sweeper()

@@ -187,7 +187,7 @@ async def test_with_lanes_the_calls_waiting_together_run_side_by_side(
 ) -> None:
     """Off SQLite a setup's trip mostly waits for the database: two lanes make two trips
     at once (each call here waits for the other to start)."""
-    monkeypatch.setattr(Batch, "_lanes", lambda self: self.lanes)
+    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
     both_started = threading.Barrier(2, timeout=10)
 
     def meet() -> str:
@@ -198,3 +198,19 @@ async def test_with_lanes_the_calls_waiting_together_run_side_by_side(
     names = await asyncio.gather(batch.of(meet)(), batch.of(meet)())
 
     assert batch.sizes == [1, 1] and names[0] != names[1]
+
+
+async def test_closing_a_batch_with_lanes_completes_however_few_of_its_threads_ran(
+    monkeypatch: Any,
+) -> None:
+    """At shutdown each lane's thread closes its own connection, also when fewer calls
+    came than there are lanes (threads are started as calls need them)."""
+    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
+    batch = Batch("test", lanes=4)
+    assert await batch.of(lambda: threading.current_thread().name)() == "chat-test_0"
+
+    await asyncio.wait_for(batch.close(), 10)  # one thread of four had started
+
+    # A call after closing (a test's next event loop) gets threads anew.
+    assert await batch.of(lambda: 42)() == 42
+    await batch.close()
