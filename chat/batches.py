@@ -33,6 +33,9 @@ from django.db import DatabaseError, connection, transaction
 
 logger = logging.getLogger(__name__)
 
+#: How long closing waits for a thread still making a trip.
+CLOSE_WAIT = 5.0
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -168,17 +171,25 @@ class Batch:
             return
         # One job a thread: each waits until every thread holds one, then closes the
         # connection of its own thread (Django's connections belong to their thread).
-        every_thread = threading.Barrier(self.lanes, timeout=5)
+        every_thread = threading.Barrier(self.lanes, timeout=CLOSE_WAIT)
 
         def close_mine() -> None:
-            every_thread.wait()
-            connection.close()
+            try:
+                every_thread.wait()
+            finally:
+                connection.close()
 
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(executor, close_mine) for _ in range(self.lanes))
-        )
+        closing = [loop.run_in_executor(executor, close_mine) for _ in range(self.lanes)]
+        outcomes = await asyncio.gather(*closing, return_exceptions=True)
         executor.shutdown(wait=False)
+        for outcome in outcomes:
+            if isinstance(outcome, threading.BrokenBarrierError):
+                # A trip still ran (a turn's setup at shutdown): that thread's
+                # connection closes with the process instead.
+                logger.warning("A %s thread was busy at shutdown", self.name)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _drain(self) -> None:
         while self._waiting:

@@ -214,3 +214,25 @@ async def test_closing_a_batch_with_lanes_completes_however_few_of_its_threads_r
     # A call after closing (a test's next event loop) gets threads anew.
     assert await batch.of(lambda: 42)() == 42
     await batch.close()
+
+
+async def test_closing_while_a_lane_is_still_busy_says_so_and_completes(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
+    monkeypatch.setattr("chat.batches.CLOSE_WAIT", 0.2)
+    batch = Batch("test", lanes=2)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    held = asyncio.create_task(batch.of(hold)())
+    await asyncio.to_thread(entered.wait, 10)
+
+    await asyncio.wait_for(batch.close(), 10)  # a turn's setup still in its trip
+
+    assert "A test thread was busy at shutdown" in caplog.text
+    release.set()
+    await held
