@@ -47,11 +47,6 @@ class Outcome(Generic[R]):
     value: R | None = None
     error: BaseException | None = None
 
-    def unwrap(self) -> R:
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
-
 
 def _alone(call: Callable[[], Any]) -> Outcome[Any]:
     """One call in its own transaction (the caller's ``atomic`` blocks make it one)."""
@@ -62,14 +57,13 @@ def _alone(call: Callable[[], Any]) -> Outcome[Any]:
 
 
 def _in_savepoint(call: Callable[[], Any]) -> Outcome[Any]:
+    """One call of a batch: what it raises (a refusal, a database error) rolls back to
+    its savepoint and goes to its caller; the others' work stands. If the connection
+    itself is gone, the commit fails and every call is made again alone."""
     try:
         with transaction.atomic():
             return Outcome(call())
-    except DatabaseError as error:
-        # Back to the savepoint: the others' work stands. If the connection itself
-        # is gone, the commit fails and every call is made again alone.
-        return Outcome(error=error)
-    except Exception as error:  # a refusal (a limit, a busy conversation): its caller's
+    except Exception as error:
         return Outcome(error=error)
 
 

@@ -1,8 +1,9 @@
 """The relay's database work, one call per step of an answer's life.
 
-Each function is synchronous and runs in Channels' database thread through
-``database_sync_to_async``; each does its step in one transaction, so a turn
-costs one thread hop to set up, one per checkpoint, and one to finish. Turn
+Each function is synchronous and does its step in one transaction, so a turn
+costs one thread hop to set up, one per checkpoint, and one to finish. They run
+in Channels' database thread (``database_sync_to_async``), except turn setups and
+the check of the others' heartbeats, which off SQLite have threads of their own;
 setups and endings that arrive together share a hop and a commit
 (``chat.batches``): a busy second costs a few transactions, not hundreds.
 """
