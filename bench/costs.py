@@ -291,7 +291,8 @@ def upstream_reads(loop: asyncio.AbstractEventLoop, effort: Effort) -> list[Row]
         Row(
             READ_WAITING,
             "the same, each read's bytes arriving a loop turn after it began to wait "
-            "(its future, its timer, the loop turn, the wake), as at 30 tokens/s",
+            "(its future, the loop turn, the wake; the connection's one deadline moved), "
+            "as at 30 tokens/s",
             reads(True),
             summed=False,
         ),
@@ -754,7 +755,8 @@ SERVERS: dict[str, tuple[Callable[..., Server], str, str, str]] = {
         daphne_server,
         "`Server.handle_reply` → `WebSocketProtocol.handle_reply` → autobahn `sendMessage` → ",
         "a Twisted transport that discards",
-        "Twisted's TCP transport (buffer, `addWriter`, the send system call, `removeWriter`) "
+        "Twisted's TCP transport as `chat.server` makes it write (the send system call at "
+        "once; Twisted's buffer and `addWriter` only for what the socket refuses) "
         "on 127.0.0.1, plus one loop turn",
     ),
     "uvicorn": (
@@ -1312,11 +1314,13 @@ def as_json(budget: Budget) -> dict[str, Any]:
 
 
 def measure(effort: Effort, *, postgres: bool, relays: Path) -> Budget:
-    from chat.server import install_uvloop
+    from chat.server import install_uvloop, write_eagerly
 
     # Before daphne.server is imported: its loop (Twisted's) is then uvloop, as in
-    # ``python -m chat.server``; every asynchronous step here runs on it.
+    # ``python -m chat.server``; every asynchronous step here runs on it, and
+    # Twisted writes as that server makes it write.
     install_uvloop()
+    write_eagerly()
     load = os.getloadavg()[0]
     with databases(effort, postgres=postgres) as urls:
         setup_django(urls["SQLite"])  # the settings only: this process uses no database

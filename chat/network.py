@@ -38,6 +38,10 @@ MAX_HEAD = 64 * 1024  # the status line and headers together
 Key = tuple[str, str, int]  # scheme, host, port
 
 
+#: uvloop's clock moves in milliseconds: a timer may fire up to one early.
+CLOCK_STEP = 0.001
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -101,6 +105,13 @@ class Connection:
         self.key = key
         self._transport = transport
         self._protocol = protocol
+        # One timer per connection, not one per read (a stream reads once a token):
+        # a wait moves the deadline; the timer, when it fires, expires the read
+        # waiting then only if its deadline has passed, and otherwise goes off again
+        # at the new one.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     @property
     def reusable(self) -> bool:
@@ -114,13 +125,16 @@ class Connection:
         if not protocol.chunks and not protocol.eof:
             loop = asyncio.get_running_loop()
             waiter = protocol.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            if timeout is not None:
+                self._deadline = deadline = loop.time() + timeout
+                if self._timer is None or self._timer_at > deadline:
+                    self._arm(loop, deadline)
+            else:
+                self._deadline = float("inf")
             try:
                 await waiter
             finally:
                 protocol.waiter = None
-                if timer is not None:
-                    timer.cancel()
         if protocol.chunks:
             data = protocol.chunks.popleft()
             if len(data) > READ_SIZE:
@@ -150,7 +164,26 @@ class Connection:
             finally:
                 protocol.drained = None
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._check_deadline, loop)
+
+    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        waiter = self._protocol.waiter
+        if waiter is None or waiter.done() or self._deadline == float("inf"):
+            return  # no read waits: the next one arms the timer again
+        if self._deadline - loop.time() > CLOCK_STEP:
+            self._arm(loop, self._deadline)  # bytes came since: wait for the new deadline
+        else:
+            _expire(waiter)
+
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._transport.close()
 
 

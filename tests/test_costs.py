@@ -31,3 +31,14 @@ def test_a_quick_budget_prints_a_row_per_stage_and_their_sum(tmp_path: Path) -> 
     for row in budget["rows"] + budget["databases"]["SQLite"]:
         assert row["per_op_us"] > 0, row
     assert budget["sums"]["daphne_sqlite"] > 0
+
+
+@pytest.mark.parametrize("name", ["reads", "writes"])
+def test_a_before_and_after_comparison_times_both_versions(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", name, "--rounds", "2", "--ops", "100"],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    timed = re.findall(r"^  (.+) \((before|after)\): ([\d.]+), ([\d.]+)$", done.stdout, re.M)
+    assert [version for _, version, _, _ in timed] == ["before", "after"], done.stdout
+    assert all(float(median) > 0 for _, _, median, _ in timed)

@@ -225,3 +225,68 @@ async def test_the_upstream_can_be_reached_through_a_proxy(
     assert frames[-1]["status"] == "complete"
     assert rebuild(frames) == "Via proxy"
     assert fake_upstream.requests[0].path == "http://model-server.invalid/v1/chat/completions"
+
+
+class TrickleServer:
+    """Sends a chunked body one piece at a time, each after its pause."""
+
+    def __init__(self, pauses: list[float]) -> None:
+        self.pauses = pauses
+        self.sent_at: list[float] = []
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            for i, pause in enumerate(self.pauses):
+                await asyncio.sleep(pause)
+                writer.write(b"1\r\n%d\r\n" % (i % 10))
+                await writer.drain()
+                self.sent_at.append(asyncio.get_running_loop().time())
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the client is done with the connection
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def read_trickle(pauses: list[float], read_timeout: float) -> tuple[bytes, Any, float]:
+    """What arrived, what ended the read (None: the end of the body), and when it ended
+    after the last piece that came."""
+    received, error = b"", None
+    server = TrickleServer(pauses)
+    timeout = httpx.Timeout(5.0, read=read_timeout)
+    async with (
+        server as url,
+        httpx.AsyncClient(transport=network.Transport(), timeout=timeout) as client,
+        client.stream("GET", url) as response,
+    ):
+        try:
+            async for piece in response.aiter_raw():
+                received += piece
+        except httpx.ReadTimeout as exc:
+            error = exc
+    ended = asyncio.get_running_loop().time()
+    return received, error, ended - server.sent_at[-1]
+
+
+async def test_the_read_timeout_is_per_wait_however_long_the_stream() -> None:
+    # Ten pieces 0.1 s apart: a second in all, over three times the read timeout.
+    received, error, _ = await read_trickle([0.1] * 10, read_timeout=0.3)
+    assert error is None and received == b"0123456789"
+
+
+async def test_a_stream_that_stalls_times_out_a_read_timeout_after_its_last_bytes() -> None:
+    received, error, after_last = await read_trickle([0.1, 0.1, 0.1, 0.1, 2.0], read_timeout=0.3)
+    assert isinstance(error, httpx.ReadTimeout)
+    assert received == b"0123"  # what came before the stall is kept
+    assert 0.3 <= after_last + 0.01 < 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import httpx
 import pytest
 
 from chat.server import install_uvloop
-from tests.servers import daphne, prepare_site
+from tests.servers import ROOT, daphne, prepare_site
 
 pytestmark = pytest.mark.integration
 
@@ -24,3 +26,94 @@ def test_it_refuses_once_daphne_made_its_loop(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "daphne.server", sys.modules[__name__])
     with pytest.raises(RuntimeError, match="already exists"):
         install_uvloop()
+
+
+#: Run in a child process: Twisted's reactor is one per process. A Twisted TCP
+#: server with ``write_eagerly`` writes a burst far over what the socket takes,
+#: then small writes, then closes; a client that reads only after all that must
+#: get every byte in order. Then small writes to a reading client: sent at once,
+#: without the loop watching the socket for writability.
+EAGER_WRITES = r"""
+import asyncio, socket, sys
+from chat.server import install_uvloop, write_eagerly
+install_uvloop()
+write_eagerly()
+from daphne.server import twisted_loop  # Twisted's reactor runs on this loop
+from twisted.internet import protocol, reactor
+asyncio.set_event_loop(twisted_loop)
+
+watched = []
+add_writer = reactor.addWriter
+reactor.addWriter = lambda d: (watched.append(d), add_writer(d))[1]
+
+class Writer(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.made.set_result(self.transport)
+
+def serve():
+    made = twisted_loop.create_future()
+    factory = protocol.Factory.forProtocol(Writer)
+    factory.made = made
+    served, client = socket.socketpair()
+    served.setblocking(False)
+    reactor.adoptStreamConnection(served.fileno(), socket.AF_UNIX, factory)
+    served.close()
+    return made, client
+
+async def main():
+    made, client = serve()
+    transport = await made
+    burst = bytes(range(256)) * 40_000  # 10 MB: far over the socket's buffer
+    transport.write(burst)
+    for i in range(1000):
+        transport.write(b"<%d>" % i)
+    transport.loseConnection()
+    expected = burst + b"".join(b"<%d>" % i for i in range(1000))
+    got = bytearray()
+    loop = asyncio.get_running_loop()
+    client.setblocking(False)
+    while chunk := await loop.sock_recv(client, 1 << 20):
+        got += chunk
+    print("in order" if bytes(got) == expected else f"differs: {len(got)} of {len(expected)}")
+    print("buffered with a watch" if watched else "never watched")
+
+    made, client = serve()
+    transport = await made
+    watched.clear()
+    for i in range(100):
+        transport.write(b"<%d>" % i)
+        await asyncio.sleep(0)
+    client.setblocking(False)
+    got = b""
+    expected = b"".join(b"<%d>" % i for i in range(100))
+    while len(got) < len(expected):
+        got += await loop.sock_recv(client, 65536)
+    print("small in order" if got == expected else "small differ")
+    print(f"small watched {len(watched)}")
+    reactor.stop()
+
+reactor.callWhenRunning(lambda: twisted_loop.create_task(main()))
+reactor.run()
+"""
+
+
+def test_eager_writes_keep_twisteds_order_and_send_at_once_what_the_socket_takes(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "eager.py"
+    script.write_text(EAGER_WRITES)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "in order",  # a burst the socket refused, then small writes: all of it, in order
+        "buffered with a watch",  # what the socket refused went to Twisted's buffer
+        "small in order",
+        "small watched 0",  # a socket with room: each write sent at once, no watch
+    ]

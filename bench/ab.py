@@ -1,0 +1,173 @@
+"""Before against after, in one process: ``python -m bench.ab NAME [--rounds N]``.
+
+Why: a change of a microsecond per token is lost in the run-to-run noise of this
+shared machine (``python -m bench.costs`` moved one row by a third between two
+runs of the same code). Here both versions of one step run in the same process,
+alternately, round after round, so drift on the machine falls on both alike; the
+median and the minimum of the rounds are printed. Each comparison keeps the
+"before" code it needs (replaced by the change it measures) beside the app's
+current code. CPU time of the process (``time.process_time``), uvloop, garbage
+collector on.
+
+- ``reads``: an upstream read that waits for its bytes (as at 30 tokens/s),
+  with a timer made and cancelled per read (before) and with the connection's
+  one deadline (``chat.network.Connection.read``, after).
+- ``writes``: a websocket frame through daphne over a real socket on
+  127.0.0.1, with Twisted's buffered write (before) and with ``chat.server``'s
+  eager write (after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import costs
+
+Variants = dict[str, Callable[[], None]]
+
+
+async def read_with_a_timer_per_read(self: Any, timeout: float | None) -> bytes:
+    """``chat.network.Connection.read`` before the one deadline per connection."""
+    import httpx
+
+    from chat import network
+
+    protocol = self._protocol
+    if not protocol.chunks and not protocol.eof:
+        loop = asyncio.get_running_loop()
+        waiter = protocol.waiter = loop.create_future()
+        timer = loop.call_later(timeout, network._expire, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            protocol.waiter = None
+            if timer is not None:
+                timer.cancel()
+    if protocol.chunks:
+        data: bytes = protocol.chunks.popleft()
+        if len(data) > network.READ_SIZE:
+            protocol.chunks.appendleft(data[network.READ_SIZE :])
+            data = data[: network.READ_SIZE]
+        protocol.buffered -= len(data)
+        if protocol.reading_paused and protocol.buffered < network.LOW_WATER:
+            self._transport.resume_reading()
+            protocol.reading_paused = False
+        return data
+    if protocol.error is not None:
+        raise httpx.ReadError(str(protocol.error) or type(protocol.error).__name__)
+    return b""
+
+
+def reads(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    import httpx
+
+    from chat import network
+
+    replies = costs.upstream_replies(ops)
+    current = network.Connection.read
+
+    async def work() -> None:
+        transport = costs.null_socket_transport(replies, trickling=True)
+        async with httpx.AsyncClient(transport=transport, timeout=60.0) as client:
+            url = f"{costs.UPSTREAM_URL}/chat/completions"
+            response = await client.send(client.build_request("POST", url), stream=True)
+            async for _ in response.aiter_raw():
+                pass
+
+    def using(read: Any) -> Callable[[], None]:
+        def run() -> None:
+            network.Connection.read = read  # type: ignore[method-assign]
+            try:
+                loop.run_until_complete(work())
+            finally:
+                network.Connection.read = current  # type: ignore[method-assign]
+
+        return run
+
+    variants = {
+        "a timer per read (before)": using(read_with_a_timer_per_read),
+        "one deadline per connection (after)": using(current),
+    }
+    return variants, "µs per read that waits"
+
+
+def writes(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from twisted.internet import tcp
+
+    from chat.server import write_eagerly
+
+    buffered = tcp.Connection.write
+    write_eagerly()
+    eager = tcp.Connection.write
+    server = costs.daphne_server(loop, real=True)
+    message = {"type": "websocket.send", "text": costs.frame_text()}
+
+    async def work() -> None:
+        for i in range(ops):
+            await server.send(message)
+            await asyncio.sleep(0)  # the loop writes (Twisted's buffer: when writable)
+            if i % 256 == 255:
+                server.drain()
+        await asyncio.sleep(0)
+        server.drain()
+
+    def using(write: Any) -> Callable[[], None]:
+        def run() -> None:
+            tcp.Connection.write = write  # type: ignore[method-assign]
+            try:
+                loop.run_until_complete(work())
+            finally:
+                tcp.Connection.write = eager  # type: ignore[method-assign]
+
+        return run
+
+    variants = {
+        "Twisted's buffered write (before)": using(buffered),
+        "eager write, chat.server (after)": using(eager),
+    }
+    return variants, "µs per frame, daphne over a real socket"
+
+
+COMPARISONS = {"reads": (reads, 2_000), "writes": (writes, 5_000)}
+
+
+def compare(variants: Variants, ops: int, rounds: int) -> dict[str, list[float]]:
+    """µs per operation of each variant, one entry per round, the variants alternating."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            started = time.process_time()
+            run()
+            results[name].append((time.process_time() - started) / ops * 1e6)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(COMPARISONS))
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--ops", type=int, help="operations per round")
+    args = parser.parse_args()
+    from chat.server import install_uvloop
+
+    install_uvloop()  # before daphne.server is imported, as python -m chat.server does
+    costs.setup_django("sqlite:///:memory:")
+    from daphne.server import twisted_loop
+
+    asyncio.set_event_loop(twisted_loop)
+    make, default_ops = COMPARISONS[args.name]
+    ops = args.ops or default_ops
+    variants, unit = make(twisted_loop, ops)
+    results = compare(variants, ops, args.rounds)
+    print(f"{args.name}: {unit}, {args.rounds} rounds of {ops} (median, min)")
+    for name, values in results.items():
+        print(f"  {name}: {statistics.median(values):.2f}, {min(values):.2f}")
+
+
+if __name__ == "__main__":
+    main()
