@@ -12,6 +12,9 @@ collector on.
 - ``reads``: an upstream read that waits for its bytes (as at 30 tokens/s),
   with a timer made and cancelled per read (before) and with the connection's
   one deadline (``chat.network.Connection.read``, after).
+- ``hop``: a frame's text from the socket's delivery to the server's ASGI
+  ``send`` (a list here), through Channels' consumer ``send`` and session wrapper
+  (before) and through ``chat.consumers.text_sender`` (after).
 - ``writes``: a websocket frame through daphne over a real socket on
   127.0.0.1, with Twisted's buffered write (before) and with ``chat.server``'s
   eager write (after).
@@ -133,7 +136,36 @@ def writes(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per frame, daphne over a real socket"
 
 
-COMPARISONS = {"reads": (reads, 2_000), "writes": (writes, 5_000)}
+def hop(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    sent: list[dict[str, Any]] = []
+
+    async def into_list(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    consumer = costs.consumer_send(loop, into_list)
+    text = costs.frame_text()
+    after = costs.frame_send(consumer)
+
+    async def through_channels() -> None:
+        for _ in range(ops):
+            await consumer.send(text_data=text)
+        sent.clear()
+
+    async def through_text_sender() -> None:
+        for _ in range(ops):
+            await after(text)
+        sent.clear()
+
+    variants = {
+        "Channels' consumer send and session wrapper (before)": lambda: loop.run_until_complete(
+            through_channels()
+        ),
+        "text_sender (after)": lambda: loop.run_until_complete(through_text_sender()),
+    }
+    return variants, "µs per frame from the delivery to the server's send"
+
+
+COMPARISONS = {"reads": (reads, 2_000), "hop": (hop, 20_000), "writes": (writes, 5_000)}
 
 
 def compare(variants: Variants, ops: int, rounds: int) -> dict[str, list[float]]:

@@ -577,6 +577,13 @@ def consumer_send(
     return consumer
 
 
+def frame_send(consumer: Any) -> Callable[[str], Awaitable[None]]:
+    """What the consumer's ``Delivery`` sends each frame's text with."""
+    from chat.consumers import text_sender
+
+    return text_sender(consumer.base_send)
+
+
 def consumer_hop(loop: asyncio.AbstractEventLoop, effort: Effort) -> Row:
     ops = effort.ops(20_000)
     sent: list[dict[str, Any]] = []
@@ -584,18 +591,18 @@ def consumer_hop(loop: asyncio.AbstractEventLoop, effort: Effort) -> Row:
     async def into_list(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    consumer = consumer_send(loop, into_list)
+    send = frame_send(consumer_send(loop, into_list))
     text = frame_text()
 
     async def work() -> None:
         for _ in range(ops):
-            await consumer.send(text_data=text)
+            await send(text)
         sent.clear()
 
     return Row(
         "8. consumer hop",
-        "Channels' `AsyncWebsocketConsumer.send(text_data=...)` → `AsyncConsumer.send` → "
-        "the session middleware's `send` → a list",
+        "`consumers.text_sender`: the `websocket.send` message, to the server's ASGI `send` "
+        "past Channels' session wrapper (`frame_sender`) → a list",
         per_op(on(loop, work), ops, effort.repeat),
     )
 
@@ -806,18 +813,18 @@ def asgi_send_rows(loop: asyncio.AbstractEventLoop, effort: Effort) -> list[Row]
 def whole_send(loop: asyncio.AbstractEventLoop, effort: Effort) -> Row:
     ops = effort.ops(10_000)
     daphne = daphne_server(loop, real=False)
-    consumer = consumer_send(loop, daphne.send)
+    send = frame_send(consumer_send(loop, daphne.send))
     text = frame_text()
 
     async def work() -> None:
         for _ in range(ops):
-            await consumer.send(text_data=text)
+            await send(text)
 
     cost = per_op(on(loop, work), ops, effort.repeat)
     daphne.close(loop)
     return Row(
         "check: 8–9 in one",
-        "the consumer's `send` through the session middleware into daphne, as one call",
+        "the consumer's send of a frame's text into daphne, as one call",
         cost,
         summed=False,
     )

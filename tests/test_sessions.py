@@ -7,17 +7,23 @@ that session in this process at once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.sessions import InstanceSessionWrapper
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.models import Session
 from django.test import Client
 
+from chat.consumers import frame_sender
+from chat.routing import websocket_urlpatterns
 from project.asgi import application
-from tests.conftest import ORIGIN, ChatClient
+from tests.conftest import ORIGIN, ChatClient, rebuild, session_cookie
 from tests.fake_upstream import FakeUpstream, completion, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +114,50 @@ async def test_another_session_of_the_same_user_keeps_chatting(
     fake_upstream.script(stream(*completion(["Still here."])))
     await on_laptop.send("hello")
     assert (await on_laptop.receive_until("done"))[-1]["status"] == "complete"
+
+
+async def real_send(message: dict[str, Any]) -> None:
+    """Stands for the server's ASGI ``send``."""
+
+
+def test_frames_go_past_channels_session_wrapper_to_the_servers_send() -> None:
+    # The wrapper acts on an HTTP response only: for a frame it would only cost time.
+    wrapper = InstanceSessionWrapper({"type": "websocket", "cookies": {}}, real_send)
+    assert frame_sender(wrapper.send) is real_send
+
+
+async def test_a_projects_own_middleware_around_send_still_sees_every_frame(
+    fake_upstream: FakeUpstream, user: Any
+) -> None:
+    seen: list[str] = []
+
+    def counting(inner: Any) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            async def counted(message: dict[str, Any]) -> None:
+                if message["type"] == "websocket.send":
+                    seen.append(message["text"])
+                await send(message)
+
+            await inner(scope, receive, counted)
+
+        return app
+
+    # The project's middleware sits inside the session's: it is the consumer's send.
+    stack = AuthMiddlewareStack(counting(URLRouter(websocket_urlpatterns)))
+    fake_upstream.script(stream(*completion(["Seen ", "by all"])))
+    headers = [
+        (b"origin", ORIGIN),
+        (b"host", b"localhost"),
+        (b"cookie", await session_cookie(user)),
+    ]
+    communicator = WebsocketCommunicator(stack, "/ws/chat/", headers=headers)
+    assert (await communicator.connect(timeout=5))[0]
+    chat = ChatClient(communicator)
+    try:
+        await chat.send("question")
+        frames = await chat.receive_until("done", timeout=10)
+    finally:
+        await communicator.disconnect(timeout=5)
+    assert rebuild(frames) == "Seen by all"
+    through_it = [json.loads(text) for text in seen]
+    assert [frame for frame in through_it if frame["type"] != "ping"] == frames
