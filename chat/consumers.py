@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 
@@ -66,6 +68,31 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     owner: Owner | None = None
     watching: uuid.UUID | None = None
     session_key: str | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: AsgiSend) -> None:
+        """Channels' consumer loop, for a socket with no channel of its own.
+
+        Channels waits on its sources with ``asyncio.wait`` and a task per message
+        (one kept pending per idle socket), built for a consumer that also reads a
+        channel layer; this socket reads only the server. And Channels' ``dispatch``
+        sends every message first to its database thread to close old connections:
+        a page's echo of a ping then waited behind every turn's setup and save in
+        that thread, and the socket's frames with it. Our database calls go through
+        ``database_sync_to_async`` or ``chat.batches``, which do that check
+        themselves, around each call.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                message = await receive()
+                handler = getattr(self, get_handler_name(message), None)
+                if handler is None:
+                    raise ValueError(f"No handler for message type {message['type']}")
+                await handler(message)
+        except StopConsumer:
+            pass
 
     async def connect(self) -> None:
         lifespan.started()

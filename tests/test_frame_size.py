@@ -15,8 +15,8 @@ import orjson
 import pytest
 from asgiref.sync import sync_to_async
 
+from chat import consumers
 from chat.conf import conf
-from chat.consumers import ChatConsumer
 from chat.models import Conversation, Message
 from chat.protocol import frame_texts
 from chat.rendering import render_markdown
@@ -156,14 +156,19 @@ async def test_a_socket_whose_sender_fails_is_closed_and_the_failure_logged(
     connect: Connect, fake_upstream: FakeUpstream, user: Any, monkeypatch: Any, caplog: Any
 ) -> None:
     """Whatever breaks a send (daphne refusing a message, a bug), the page is told by a close."""
-    original = ChatConsumer.send
+    original = consumers.frame_sender
 
-    async def refuse_done(self: ChatConsumer, text_data: str | None = None, **kw: Any) -> None:
-        if text_data is not None and '"type":"done"' in text_data:
-            raise RuntimeError("the server refused the message")
-        await original(self, text_data=text_data, **kw)
+    def refusing_done(base_send: Any) -> Any:
+        send = original(base_send)
 
-    monkeypatch.setattr(ChatConsumer, "send", refuse_done)
+        async def refuse_done(message: dict[str, Any]) -> None:
+            if '"type":"done"' in message.get("text", ""):
+                raise RuntimeError("the server refused the message")
+            await send(message)
+
+        return refuse_done
+
+    monkeypatch.setattr(consumers, "frame_sender", refusing_done)
     fake_upstream.script(stream(*completion(["Hello"])))
     chat = await connect(user)
     await chat.send("hi")

@@ -9,10 +9,15 @@ seconds, closed with code 4408.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 
 from chat.models import Conversation, Message
 from tests.conftest import Connect, rebuild
@@ -103,3 +108,36 @@ async def test_an_echo_of_a_ping_never_sent_is_refused(connect: Connect, user: A
 
     error = await chat.receive()
     assert (error["type"], error["code"]) == ("error", "invalid_frame")
+
+
+@asynccontextmanager
+async def database_thread_busy() -> AsyncIterator[None]:
+    """Channels' database thread held by a call that waits, as by 500 turns' saves."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(30)
+
+    holding = asyncio.ensure_future(database_sync_to_async(hold)())
+    try:
+        assert await asyncio.to_thread(entered.wait, 5)
+        yield
+    finally:
+        release.set()
+        await holding
+
+
+async def test_a_page_reading_on_is_sent_everything_while_the_database_thread_is_busy(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    # Three windows of text: the page's echoes of the pings must be read to send it all.
+    pieces = ["x" * 1_000] * (3 * WINDOW // 1_000)
+    fake_upstream.script(stream(*completion(pieces)))
+    chat = await connect(user)
+    await chat.send("long")
+    frames = await chat.receive_until("delta")  # the turn's own database work is done
+    async with database_thread_busy():
+        while len(rebuild(frames)) < 3 * WINDOW:
+            frames.append(await chat.receive(timeout=5))  # echoes each ping, as the page does
+    assert rebuild(frames) == "".join(pieces)
