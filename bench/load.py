@@ -242,21 +242,24 @@ async def run_streams(relay: Relay | None, upstream: str, scenario: Scenario) ->
         watch_on = relay.watchers_on
         watchers = await open_sockets(watch_on, scenario.streams) if watch_on else []
         try:
-            cpu0, own0, t0 = cpu_seconds(relay), me.cpu_times(), time.monotonic()
-            database0 = postgres_cpu_seconds() if relay.postgres else None
-            if watch_on:
-                runs = [
-                    drive_pair(ws, watcher, s, scenario)
-                    for ws, watcher, s in zip(sockets, watchers, streams, strict=True)
-                ]
-            else:
-                runs = [drive(ws, s, scenario) for ws, s in zip(sockets, streams, strict=True)]
-            outcomes = await asyncio.gather(
-                *(asyncio.wait_for(run, timeout) for run in runs), return_exceptions=True
-            )
-            cpu1 = cpu_seconds(relay)
-            if database0 is not None:
-                result.database_cpu_s = postgres_cpu_seconds() - database0
+            # Sampled once the sockets are open: a native sample pauses the relay,
+            # and hundreds of handshakes meanwhile would time out.
+            with profiled(relay, scenario.name):
+                cpu0, own0, t0 = cpu_seconds(relay), me.cpu_times(), time.monotonic()
+                database0 = postgres_cpu_seconds() if relay.postgres else None
+                if watch_on:
+                    runs = [
+                        drive_pair(ws, watcher, s, scenario)
+                        for ws, watcher, s in zip(sockets, watchers, streams, strict=True)
+                    ]
+                else:
+                    runs = [drive(ws, s, scenario) for ws, s in zip(sockets, streams, strict=True)]
+                outcomes = await asyncio.gather(
+                    *(asyncio.wait_for(run, timeout) for run in runs), return_exceptions=True
+                )
+                cpu1 = cpu_seconds(relay)
+                if database0 is not None:
+                    result.database_cpu_s = postgres_cpu_seconds() - database0
         finally:
             await asyncio.gather(
                 *(ws.close() for ws in [*sockets, *watchers]), return_exceptions=True
@@ -425,8 +428,7 @@ async def bench(relays: list[str], scenarios: list[Scenario]) -> list[Result]:
                         if relay.watchers_on and not scenario.streams:
                             continue  # idle memory is the single-process rows' business
                         if scenario.streams:
-                            with profiled(relay, scenario.name):
-                                results.append(await run_streams(relay, upstream, scenario))
+                            results.append(await run_streams(relay, upstream, scenario))
                         else:
                             results.append(await run_idle(relay, scenario))
                         print(summary(results[-1]), flush=True)
