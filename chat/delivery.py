@@ -253,8 +253,7 @@ class Delivery:
         try:
             async with asyncio.timeout(self.slow_timeout):
                 while self.window.full:
-                    self.window.moved.clear()
-                    await self.window.moved.wait()
+                    await self.window.moved()
         except TimeoutError:
             return False
         return True

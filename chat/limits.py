@@ -99,7 +99,14 @@ class SendWindow:
         self.confirmed = 0  # of which the client has proven it read this many
         self.pinged = 0  # ``sent`` when the last ping went out
         self.pings: list[tuple[str, int]] = []  # a few at most: a list is smaller than a deque
-        self.moved = asyncio.Event()
+        self._moved: asyncio.Future[None] | None = None
+
+    def moved(self) -> asyncio.Future[None]:
+        """Done at the client's next echo. Made only when a sender waits for one, which
+        most sockets never do: an idle socket holds no ``asyncio.Event`` (760 bytes)."""
+        if self._moved is None or self._moved.done():
+            self._moved = asyncio.get_running_loop().create_future()
+        return self._moved
 
     @property
     def full(self) -> bool:
@@ -122,6 +129,7 @@ class SendWindow:
             if pending == nonce:
                 del self.pings[: position + 1]
                 self.confirmed = mark
-                self.moved.set()
+                if self._moved is not None and not self._moved.done():
+                    self._moved.set_result(None)
                 return True
         return False
