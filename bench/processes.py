@@ -115,10 +115,12 @@ def stop(process: subprocess.Popen[str] | None) -> None:
 def profiled(relay: Relay, scenario: str) -> Iterator[None]:
     """With ``BENCH_PROFILE=<folder>``, py-spy samples the relay (and its peer) meanwhile.
 
-    Folded stacks (``--format raw``, 250 Hz, idle threads left out, ``--native``
-    unless ``BENCH_PROFILE_NATIVE=0``) go to ``<folder>/<relay>-<scenario>-<pid>.txt``;
+    Folded stacks (``--format raw``, idle threads left out, ``--native`` unless
+    ``BENCH_PROFILE_NATIVE=0``) go to ``<folder>/<relay>-<scenario>-<pid>.txt``;
     ``python -m bench.profile`` sums them up. Sampling pauses the relay for each
-    native sample and shares the CPU: profiled runs are not timed runs.
+    native sample and shares the CPU: profiled runs are not timed runs. The rate is
+    ``BENCH_PROFILE_RATE`` a second (default 250; 50 for a native profile, whose
+    pauses at 250 a second saturated the relay at 100 streams and failed 500).
     """
     folder = os.environ.get("BENCH_PROFILE")
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -127,13 +129,14 @@ def profiled(relay: Relay, scenario: str) -> Iterator[None]:
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     native = os.environ.get("BENCH_PROFILE_NATIVE", "1") != "0"
+    rate = os.environ.get("BENCH_PROFILE_RATE", "50" if native else "250")
     samplers = []
     for target in (relay, relay.peer):
         if target is None or target.pid is None:
             continue
         slug = re.sub(r"\W+", "-", f"{relay.name}-{scenario}").strip("-")
         output = Path(folder) / f"{slug}-{target.pid}.txt"
-        command = [spy, "record", "--pid", str(target.pid), "--rate", "250", "--format", "raw"]
+        command = [spy, "record", "--pid", str(target.pid), "--rate", rate, "--format", "raw"]
         # py-spy reads native stacks only from a paused process; otherwise it need not pause it.
         command += ["--output", str(output), "--native" if native else "--nonblocking"]
         samplers.append(

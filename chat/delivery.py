@@ -60,6 +60,8 @@ class Delivery:
         self._text_of = text_of
         self._ended = ended
         self._sender: asyncio.Task[None] | None = None
+        # Asked once: each ``get_running_loop()`` is a ``getpid`` system call (CPython 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._over = False  # the sender stopped for good (``ended`` was told)
         self.window = SendWindow(window)
         self.slow_timeout = slow_timeout
@@ -87,9 +89,10 @@ class Delivery:
         """Start the sender if there is something to send (or to stop) and none runs."""
         due = (self.outbox or self.stopping) and not self.holding and not self._over
         if self._sender is None and due:
-            self._sender = asyncio.get_running_loop().create_task(
-                self._send_all(), name="chat-socket-sender"
-            )
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._sender = loop.create_task(self._send_all(), name="chat-socket-sender")
 
     async def close(self) -> None:
         """Cancel the sender, if one runs (the socket is gone)."""

@@ -109,6 +109,7 @@ class Connection:
         # a wait moves the deadline; the timer, when it fires, expires the read
         # waiting then only if its deadline has passed, and otherwise goes off again
         # at the new one.
+        self._loop: asyncio.AbstractEventLoop | None = None  # asked once: a system call each time
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -123,7 +124,9 @@ class Connection:
         """The next bytes received; ``b""`` once the server closed its side."""
         protocol = self._protocol
         if not protocol.chunks and not protocol.eof:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             waiter = protocol.waiter = loop.create_future()
             if timeout is not None:
                 self._deadline = deadline = loop.time() + timeout

@@ -117,3 +117,34 @@ def test_eager_writes_keep_twisteds_order_and_send_at_once_what_the_socket_takes
         "small in order",
         "small watched 0",  # a socket with room: each write sent at once, no watch
     ]
+
+
+COLLECT_LESS = r"""
+import gc
+from chat.server import collect_less, install_uvloop
+install_uvloop()
+from twisted.internet import reactor
+collect_less()
+loaded = [[i] for i in range(1000)]  # what the application holds once loaded
+print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+reactor.callWhenRunning(lambda: (print(gc.get_freeze_count() >= 1000), reactor.stop()))
+reactor.run()
+"""
+
+
+def test_the_server_freezes_what_it_loaded_and_collects_young_objects_less_often(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "collect.py"
+    script.write_text(COLLECT_LESS)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # Before the server runs nothing is frozen; once it runs, what was loaded is.
+    assert done.stdout.splitlines() == ["10000 False", "True"]
