@@ -50,6 +50,8 @@ TITLE_WORDS = 8
 #: ("database is locked"), and a process on SQLite has no peers waiting on it anyway.
 liveness_checks = Batch("liveness", lanes=1)
 
+#: A function on one of these batches runs whole or not at all, alone or in a trip
+#: (``chat.batches``): it opens no ``atomic`` block of its own.
 #: Turn setups (new questions, edits, answers again), made together when several wait;
 #: off SQLite four trips at once: a turn's first token waits for its setup's round trips.
 setups = Batch("turn setups", lanes=4)
@@ -338,25 +340,24 @@ def start_turn(
     end of the active path when the page does not say.
     """
     _check(still_allowed)
-    with transaction.atomic():
-        asking = Asking(model, system_prompt, check_limits(owner))
-        if conversation_id is None:
-            conversation = Conversation(
-                owner_id=owner.user_id,
-                session_key="" if owner.user_id is not None else owner.session_key,
-                title=title_from(content),
-                model=model,
-            )
-            return _turn(conversation, [], None, asking, question=content, created=True)
-        conversation, messages = _lock_idle(owner, conversation_id)
-        if parent_id is None:
-            path = active_path(messages, conversation.current_leaf_id)
-            parent = path[-1] if path else None
-        else:
-            parent = next((m for m in messages if m.id == parent_id), None)
-            if parent is None or parent.role != Message.Roles.ASSISTANT:
-                raise ClientError("not_found", "No such answer to follow in this conversation.")
-        return _turn(conversation, messages, parent, asking, question=content)
+    asking = Asking(model, system_prompt, check_limits(owner))
+    if conversation_id is None:
+        conversation = Conversation(
+            owner_id=owner.user_id,
+            session_key="" if owner.user_id is not None else owner.session_key,
+            title=title_from(content),
+            model=model,
+        )
+        return _turn(conversation, [], None, asking, question=content, created=True)
+    conversation, messages = _lock_idle(owner, conversation_id)
+    if parent_id is None:
+        path = active_path(messages, conversation.current_leaf_id)
+        parent = path[-1] if path else None
+    else:
+        parent = next((m for m in messages if m.id == parent_id), None)
+        if parent is None or parent.role != Message.Roles.ASSISTANT:
+            raise ClientError("not_found", "No such answer to follow in this conversation.")
+    return _turn(conversation, messages, parent, asking, question=content)
 
 
 class TurnOptions(TypedDict):
@@ -397,12 +398,11 @@ def _new_version(
     is an answer), the parent question answered again.
     """
     _check(still_allowed)
-    with transaction.atomic():
-        asking = Asking(model, system_prompt, check_limits(owner))
-        original = _owned_message(owner, message_id, role)
-        conversation, messages = _lock_idle(owner, original.conversation_id)
-        parent = next((m for m in messages if m.id == original.parent_id), None)
-        return _turn(conversation, messages, parent, asking, question=question)
+    asking = Asking(model, system_prompt, check_limits(owner))
+    original = _owned_message(owner, message_id, role)
+    conversation, messages = _lock_idle(owner, original.conversation_id)
+    parent = next((m for m in messages if m.id == original.parent_id), None)
+    return _turn(conversation, messages, parent, asking, question=question)
 
 
 @in_db_thread
@@ -563,20 +563,18 @@ def finish_message(
 ) -> None:
     """Store an answer's final text, status, usage and timings; add its tokens to the day's."""
     now = timezone.now()
-    with transaction.atomic():
-        Message.objects.filter(pk=message_id).update(
-            updated_at=now, **_usage_fields(usage), **_fitted(fields)
-        )
-        record_usage(owner_key, usage, answers=1)
+    Message.objects.filter(pk=message_id).update(
+        updated_at=now, **_usage_fields(usage), **_fitted(fields)
+    )
+    record_usage(owner_key, usage, answers=1)
 
 
 @endings.of
 def set_title(conversation_id: uuid.UUID, title: str, *, owner_key: str, usage: Usage) -> None:
     """Store a conversation's title (if any) and count the tokens it cost."""
-    with transaction.atomic():
-        if title:
-            Conversation.objects.filter(pk=conversation_id).update(title=title[:200])
-        record_usage(owner_key, usage, answers=0)
+    if title:
+        Conversation.objects.filter(pk=conversation_id).update(title=title[:200])
+    record_usage(owner_key, usage, answers=0)
 
 
 @in_db_thread

@@ -4,6 +4,7 @@ and each keeps its own outcome: one refused call costs the others nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,17 @@ def commits(monkeypatch: Any) -> Iterator[list[int]]:
 
     monkeypatch.setattr(BaseDatabaseWrapper, "commit", counted)
     yield made
+
+
+@pytest.fixture
+def as_off_sqlite(monkeypatch: Any) -> None:
+    """Lanes, which run only off SQLite, here on SQLite's shared in-memory test database.
+
+    There a lane thread's own connection finds the tables locked by the test's, so the
+    calls of these tests, which touch no database, run without a transaction.
+    """
+    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)
+    monkeypatch.setattr("chat.batches.transaction.atomic", contextlib.nullcontext)
 
 
 def people(django_user_model: Any, n: int) -> list[Owner]:
@@ -182,12 +194,10 @@ async def test_a_long_queue_goes_in_trips_of_a_bounded_size(user: Any) -> None:
     assert [c.title for c in created] == ["0", "1", "2", "3", "4"]
 
 
-async def test_with_lanes_the_calls_waiting_together_run_side_by_side(
-    monkeypatch: Any,
-) -> None:
+@pytest.mark.usefixtures("as_off_sqlite")
+async def test_with_lanes_the_calls_waiting_together_run_side_by_side() -> None:
     """Off SQLite a setup's trip mostly waits for the database: two lanes make two trips
     at once (each call here waits for the other to start)."""
-    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
     both_started = threading.Barrier(2, timeout=10)
 
     def meet() -> str:
@@ -200,12 +210,10 @@ async def test_with_lanes_the_calls_waiting_together_run_side_by_side(
     assert batch.sizes == [1, 1] and names[0] != names[1]
 
 
-async def test_closing_a_batch_with_lanes_completes_however_few_of_its_threads_ran(
-    monkeypatch: Any,
-) -> None:
+@pytest.mark.usefixtures("as_off_sqlite")
+async def test_closing_a_batch_with_lanes_completes_however_few_of_its_threads_ran() -> None:
     """At shutdown each lane's thread closes its own connection, also when fewer calls
     came than there are lanes (threads are started as calls need them)."""
-    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
     batch = Batch("test", lanes=4)
     assert await batch.of(lambda: threading.current_thread().name)() == "chat-test_0"
 
@@ -216,10 +224,10 @@ async def test_closing_a_batch_with_lanes_completes_however_few_of_its_threads_r
     await batch.close()
 
 
+@pytest.mark.usefixtures("as_off_sqlite")
 async def test_closing_while_a_lane_is_still_busy_says_so_and_completes(
     monkeypatch: Any, caplog: Any
 ) -> None:
-    monkeypatch.setattr(Batch, "_own_threads", lambda self: True)  # as off SQLite
     monkeypatch.setattr("chat.batches.CLOSE_WAIT", 0.2)
     batch = Batch("test", lanes=2)
     entered, release = threading.Event(), threading.Event()
@@ -236,3 +244,26 @@ async def test_closing_while_a_lane_is_still_busy_says_so_and_completes(
     assert "A test thread was busy at shutdown" in caplog.text
     release.set()
     await held
+
+
+async def test_a_call_runs_whole_or_not_at_all_alone_or_in_a_trip(user: Any) -> None:
+    """The batch makes each call a transaction (alone) or a savepoint (in a trip): a call
+    that fails after writing leaves nothing, and the calls beside it stand."""
+    batch = Batch("test")
+    add = batch.of(lambda title: Conversation.objects.create(owner=user, title=title))
+
+    def write_then_fail(title: str) -> None:
+        Conversation.objects.create(owner=user, title=title)
+        raise RuntimeError("failed after writing")
+
+    failing = batch.of(write_then_fail)
+
+    with pytest.raises(RuntimeError):
+        await failing("alone")
+    outcomes = await asyncio.gather(
+        add("first"), failing("in a trip"), add("second"), return_exceptions=True
+    )
+
+    assert batch.sizes[-1] == 3 and isinstance(outcomes[1], RuntimeError)
+    titles = [c.title async for c in Conversation.objects.order_by("title")]
+    assert titles == ["first", "second"]
