@@ -10,6 +10,7 @@ setups and endings that arrive together share a hop and a commit
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -181,14 +182,27 @@ def tokens_today(owner_key: str) -> int:
 def record_usage(owner_key: str, usage: Usage, *, answers: int) -> None:
     """Add to the owner's total for today (in the caller's transaction).
 
-    One UPDATE in the common case; the day's first answer also inserts the row
-    (a race with another process's first insert is caught and added to).
+    One statement on PostgreSQL and SQLite: an insert of the day's row that adds
+    to it where it exists (``ON CONFLICT ... DO UPDATE``, also right under a race
+    with another process's first answer of the day). Elsewhere an UPDATE, and for
+    the day's first answer an INSERT (a race with another process's is caught
+    and added to).
     """
     today = timezone.localdate()
+    estimated = usage.total_tokens if usage.estimated else 0
+    if connection.vendor in UPSERTS:
+        day = DailyUsage._meta.get_field("day").get_db_prep_value(today, connection)
+        row = [owner_key, Owner.from_key(owner_key).user_id, day, usage.prompt_tokens]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _usage_upsert(connection.vendor),
+                [*row, usage.completion_tokens, estimated, answers],
+            )
+        return
     increments = {
         "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
         "completion_tokens": F("completion_tokens") + usage.completion_tokens,
-        "estimated_tokens": F("estimated_tokens") + (usage.total_tokens if usage.estimated else 0),
+        "estimated_tokens": F("estimated_tokens") + estimated,
         "answers": F("answers") + answers,
     }
     if DailyUsage.objects.filter(owner_key=owner_key, day=today).update(**increments):
@@ -201,11 +215,29 @@ def record_usage(owner_key: str, usage: Usage, *, answers: int) -> None:
                 day=today,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                estimated_tokens=usage.total_tokens if usage.estimated else 0,
+                estimated_tokens=estimated,
                 answers=answers,
             )
     except IntegrityError:
         DailyUsage.objects.filter(owner_key=owner_key, day=today).update(**increments)
+
+
+#: The databases whose INSERT takes ``ON CONFLICT (...) DO UPDATE`` (SQLite since 3.24).
+UPSERTS = ("postgresql", "sqlite")
+_ADDED = ("prompt_tokens", "completion_tokens", "estimated_tokens", "answers")
+
+
+@functools.cache
+def _usage_upsert(vendor: str) -> str:
+    """The upsert's statement, quoted for ``vendor``'s database (made once)."""
+    table = _q(DailyUsage._meta.db_table)
+    columns = ["owner_key", DailyUsage._meta.get_field("user").column, "day", *_ADDED]
+    added = ", ".join(f"{_q(c)} = {table}.{_q(c)} + excluded.{_q(c)}" for c in _ADDED)
+    return (
+        f"INSERT INTO {table} ({', '.join(_q(c) for c in columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({_q('owner_key')}, {_q('day')}) DO UPDATE SET {added}"
+    )
 
 
 def versions_of(messages: list[Message], path: list[Message]) -> dict[uuid.UUID, list[str]]:

@@ -6,13 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from chat.models import Conversation, DailyUsage, Message
+from chat import store
+from chat.models import Conversation, DailyUsage, Message, Owner
 from chat.sweep import sweep_once
-from chat.usage import estimate_tokens
+from chat.usage import Usage, estimate_tokens
 from tests.conftest import Connect, rebuild
 from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 
@@ -135,3 +139,61 @@ def test_staff_see_each_users_daily_usage_and_running_total(
     rows = {row.day: row.running_total for row in response.context["cl"].result_list}
     assert rows == {today - timedelta(days=1): 1000, today: 1234}
     assert "alice" in response.content.decode()
+
+
+UPSERTS = store.UPSERTS  # as the module has it (the test switches it off and on)
+USAGES = st.lists(
+    st.tuples(
+        st.sampled_from(["user", "session"]),  # whose
+        st.integers(0, 5_000),  # prompt tokens
+        st.integers(0, 5_000),  # completion tokens
+        st.booleans(),  # estimated
+        st.integers(0, 1),  # answers (0: a title's tokens)
+    ),
+    max_size=12,
+)
+
+
+@pytest.mark.django_db(transaction=False)
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(usages=USAGES)
+def test_the_days_totals_are_the_sum_of_what_was_recorded_in_one_statement_or_not(
+    usages: list[tuple[str, int, int, bool, int]], user: Any, monkeypatch: Any
+) -> None:
+    """The one-statement upsert (PostgreSQL, SQLite) and the portable UPDATE-then-INSERT
+    keep the same rows: each owner's day, adding up every answer and title."""
+    owners = {"user": Owner(user_id=user.pk), "session": Owner(user_id=None, session_key="s-1")}
+
+    def totals() -> dict[str, tuple[int, int, int, int, int | None]]:
+        rows = DailyUsage.objects.filter(day=timezone.localdate())
+        return {
+            r.owner_key: (
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.estimated_tokens,
+                r.answers,
+                r.user_id,
+            )
+            for r in rows
+        }
+
+    found = []
+    for upserts in (UPSERTS, ()):
+        monkeypatch.setattr(store, "UPSERTS", upserts)
+        with transaction.atomic():
+            for whose, prompt, completion, estimated, answers in usages:
+                usage = Usage(prompt, completion, estimated=estimated)
+                store.record_usage(owners[whose].key, usage, answers=answers)
+            found.append(totals())
+            transaction.set_rollback(True)
+    expected: dict[str, list[int]] = {}
+    for whose, prompt, completion, estimated, answers in usages:
+        row = expected.setdefault(owners[whose].key, [0, 0, 0, 0])
+        row[0] += prompt
+        row[1] += completion
+        row[2] += prompt + completion if estimated else 0
+        row[3] += answers
+    user_ids = {owners["user"].key: user.pk, owners["session"].key: None}
+    assert found[0] == found[1] == {key: (*row, user_ids[key]) for key, row in expected.items()}
