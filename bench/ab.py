@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bench import costs
@@ -66,6 +66,26 @@ async def read_with_a_timer_per_read(self: Any, timeout: float | None) -> bytes:
     return b""
 
 
+def with_method(
+    loop: asyncio.AbstractEventLoop,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    owner: type,
+    name: str,
+    method: Any,
+) -> Callable[[], None]:
+    """A round of ``work`` with ``owner.name`` replaced by ``method`` meanwhile."""
+
+    def run() -> None:
+        kept = owner.__dict__[name]
+        setattr(owner, name, method)
+        try:
+            loop.run_until_complete(work())
+        finally:
+            setattr(owner, name, kept)
+
+    return run
+
+
 def reads(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     import httpx
 
@@ -83,14 +103,7 @@ def reads(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
                 pass
 
     def using(read: Any) -> Callable[[], None]:
-        def run() -> None:
-            network.Connection.read = read  # type: ignore[method-assign]
-            try:
-                loop.run_until_complete(work())
-            finally:
-                network.Connection.read = current  # type: ignore[method-assign]
-
-        return run
+        return with_method(loop, work, network.Connection, "read", read)
 
     variants = {
         "a timer per read (before)": using(read_with_a_timer_per_read),
@@ -120,14 +133,7 @@ def writes(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
         server.drain()
 
     def using(write: Any) -> Callable[[], None]:
-        def run() -> None:
-            tcp.Connection.write = write  # type: ignore[method-assign]
-            try:
-                loop.run_until_complete(work())
-            finally:
-                tcp.Connection.write = eager  # type: ignore[method-assign]
-
-        return run
+        return with_method(loop, work, tcp.Connection, "write", write)
 
     variants = {
         "Twisted's buffered write (before)": using(buffered),

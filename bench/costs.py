@@ -1086,7 +1086,8 @@ def answer_rows(costs: dict[str, float]) -> list[Row]:
         ),
         per_answer(
             "of which usage",
-            "`store.record_usage` alone (first answer of the day: one INSERT ... ON CONFLICT DO UPDATE)",
+            "`store.record_usage` alone (first answer of the day: one INSERT ... ON CONFLICT "
+            "DO UPDATE)",
             costs["usage"],
             summed=False,
         ),

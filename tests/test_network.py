@@ -227,19 +227,13 @@ async def test_the_upstream_can_be_reached_through_a_proxy(
     assert fake_upstream.requests[0].path == "http://model-server.invalid/v1/chat/completions"
 
 
-class TrickleServer:
+class TrickleServer(RawServer):
     """Sends a chunked body one piece at a time, each after its pause."""
 
     def __init__(self, pauses: list[float]) -> None:
+        super().__init__()
         self.pauses = pauses
         self.sent_at: list[float] = []
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

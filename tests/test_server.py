@@ -97,11 +97,11 @@ reactor.run()
 """
 
 
-def test_eager_writes_keep_twisteds_order_and_send_at_once_what_the_socket_takes(
-    tmp_path: Path,
-) -> None:
-    script = tmp_path / "eager.py"
-    script.write_text(EAGER_WRITES)
+def run_script(tmp_path: Path, text: str) -> list[str]:
+    """The lines a script printed, run in a process of its own (Twisted's reactor is one
+    per process)."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=ROOT,
@@ -111,7 +111,13 @@ def test_eager_writes_keep_twisteds_order_and_send_at_once_what_the_socket_takes
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    return done.stdout.splitlines()
+
+
+def test_eager_writes_keep_twisteds_order_and_send_at_once_what_the_socket_takes(
+    tmp_path: Path,
+) -> None:
+    assert run_script(tmp_path, EAGER_WRITES) == [
         "in order",  # a burst the socket refused, then small writes: all of it, in order
         "buffered with a watch",  # what the socket refused went to Twisted's buffer
         "small in order",
@@ -135,16 +141,5 @@ reactor.run()
 def test_the_server_freezes_what_it_loaded_and_collects_young_objects_less_often(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "collect.py"
-    script.write_text(COLLECT_LESS)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
     # Before the server runs nothing is frozen; once it runs, what was loaded is.
-    assert done.stdout.splitlines() == ["10000 False", "True"]
+    assert run_script(tmp_path, COLLECT_LESS) == ["10000 False", "True"]
