@@ -79,8 +79,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         a page's echo of a ping then waited behind every turn's setup and save in
         that thread, and the socket's frames with it. Our database calls go through
         ``database_sync_to_async`` or ``chat.batches``, which do that check
-        themselves, around each call.
+        themselves, around each call. A subclass that gives the socket a channel of
+        its own (``channel_layer_alias``) gets Channels' loop.
         """
+        if self.channel_layer_alias is not None:
+            await super().__call__(scope, receive, send)
+            return
         self.scope = scope
         self.channel_layer = None
         self.base_send = send

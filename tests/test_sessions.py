@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.auth import AuthMiddlewareStack
+from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.sessions import InstanceSessionWrapper
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.models import Session
 from django.test import Client
+from django.urls import path
 
-from chat.consumers import frame_sender
+from chat.consumers import ChatConsumer, frame_sender
 from chat.routing import websocket_urlpatterns
 from project.asgi import application
 from tests.conftest import ORIGIN, ChatClient, rebuild, session_cookie
@@ -161,3 +163,35 @@ async def test_a_projects_own_middleware_around_send_still_sees_every_frame(
     assert rebuild(frames) == "Seen by all"
     through_it = [json.loads(text) for text in seen]
     assert [frame for frame in through_it if frame["type"] != "ping"] == frames
+
+
+async def test_a_subclass_with_a_channel_of_its_own_gets_channels_loop(user: Any) -> None:
+    """A project's consumer that listens on a channel (messages of its own, sent through
+    the channel layer) is served by Channels' loop, which reads the channel layer too."""
+    names: list[str] = []
+
+    class Listening(ChatConsumer):
+        channel_layer_alias = "default"
+
+        async def connect(self) -> None:
+            names.append(self.channel_name)
+            await super().connect()
+
+        async def project_note(self, event: dict[str, Any]) -> None:
+            await self.send(text_data=json.dumps({"type": "note", "text": event["text"]}))
+
+    stack = AuthMiddlewareStack(URLRouter([path("ws/chat/", Listening.as_asgi())]))
+    headers = [(b"origin", ORIGIN), (b"host", b"localhost")]
+    headers.append((b"cookie", await session_cookie(user)))
+    communicator = WebsocketCommunicator(stack, "/ws/chat/", headers=headers)
+    assert (await communicator.connect(timeout=5))[0]
+    try:
+        layer = get_channel_layer()
+        assert layer is not None
+        await layer.send(names[0], {"type": "project.note", "text": "hello"})
+        assert json.loads(await communicator.receive_from(timeout=5)) == {
+            "type": "note",
+            "text": "hello",
+        }
+    finally:
+        await communicator.disconnect(timeout=5)
