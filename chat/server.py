@@ -6,6 +6,11 @@ Setting uvloop's policy before that import puts Twisted, and with it every
 socket and every answer, on uvloop: in bench/RESULTS.md that cut the relay's
 CPU per token by 12-15 % under load.
 Where uvloop is not installed (it does not support Windows) this is plain daphne.
+
+Three more things a streaming server wants, each measured in bench/RESULTS.md:
+Twisted writes a socket's bytes at once (``write_eagerly``), the garbage
+collector leaves what was loaded alone and collects young objects less often
+(``collect_less``), and SIGTERM drains before daphne stops (``drain_on_sigterm``).
 """
 
 from __future__ import annotations
