@@ -51,23 +51,17 @@ class Outcome(Generic[R]):
     error: BaseException | None = None
 
 
-def _alone(call: Callable[[], Any]) -> Outcome[Any]:
-    """One call in its own transaction."""
+def _whole(call: Callable[[], Any]) -> Outcome[Any]:
+    """One call, whole or not at all: its own transaction alone, a savepoint in a trip.
+
+    What it raises (a refusal, a database error) rolls it back and goes to its
+    caller; in a trip the others' work stands. If the connection itself is gone,
+    the trip's commit fails and every call is made again alone.
+    """
     try:
         with transaction.atomic():
             return Outcome(call())
     except Exception as error:  # the caller gets it back
-        return Outcome(error=error)
-
-
-def _in_savepoint(call: Callable[[], Any]) -> Outcome[Any]:
-    """One call of a batch: what it raises (a refusal, a database error) rolls back to
-    its savepoint and goes to its caller; the others' work stands. If the connection
-    itself is gone, the commit fails and every call is made again alone."""
-    try:
-        with transaction.atomic():
-            return Outcome(call())
-    except Exception as error:
         return Outcome(error=error)
 
 
@@ -91,13 +85,13 @@ def ready_kept_connection() -> None:
 
 def _run(calls: list[Callable[[], Any]]) -> list[Outcome[Any]]:
     if len(calls) == 1:
-        return [_alone(calls[0])]
+        return [_whole(calls[0])]
     try:
         with transaction.atomic():
-            return [_in_savepoint(call) for call in calls]
+            return [_whole(call) for call in calls]
     except DatabaseError:
         logger.warning("A batch of %d database calls failed; making them one by one", len(calls))
-        return [_alone(call) for call in calls]
+        return [_whole(call) for call in calls]
 
 
 _run_in_db_thread = in_db_thread(_run)

@@ -51,8 +51,9 @@ TITLE_WORDS = 8
 #: ("database is locked"), and a process on SQLite has no peers waiting on it anyway.
 liveness_checks = Batch("liveness", lanes=1)
 
-#: A function on one of these batches runs whole or not at all, alone or in a trip
-#: (``chat.batches``): it opens no ``atomic`` block of its own.
+# A function on one of these batches runs whole or not at all, alone or in a trip
+# (``chat.batches``): it opens no ``atomic`` block of its own.
+
 #: Turn setups (new questions, edits, answers again), made together when several wait;
 #: off SQLite four trips at once: a turn's first token waits for its setup's round trips.
 setups = Batch("turn setups", lanes=4)
