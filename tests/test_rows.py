@@ -1,0 +1,87 @@
+"""A turn's rows, inserted by the store's own statement, are what Django's ORM would store."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from django.db import transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chat import store
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# What a person or an upstream may put in a turn's rows (no NUL: SQLite and
+# PostgreSQL differ there, and the store cleans it before; tests/test_scale_out.py).
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=300)
+RUNNER = uuid.UUID("7d2c1a34-5e6f-4a8b-9c0d-1e2f3a4b5c6d")
+SHOWN = datetime(2026, 12, 2, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def stored(model: type[Any], pk: uuid.UUID) -> dict[str, Any]:
+    """A row as the database gives it back, less its id and the times it was made."""
+    row = model.objects.filter(pk=pk).values().get()
+    return {k: v for k, v in row.items() if k not in {"id", "created_at", "updated_at"}}
+
+
+def turn_rows(user: Any, title: str, question: str, model: str) -> list[Any]:
+    conversation = Conversation(owner=user, title=title[:200], model=model[:200])
+    asked = Message(
+        conversation=conversation, role=Message.Roles.USER, content=question, shown_at=SHOWN
+    )
+    answer = Message(
+        conversation=conversation,
+        parent=asked,
+        role=Message.Roles.ASSISTANT,
+        status=Message.Statuses.STREAMING,
+        model=model[:200],
+        runner=RUNNER,
+        timeline=[{"event": "started", "detail": question}],
+        shown_at=SHOWN,
+    )
+    conversation.current_leaf = answer
+    return [conversation, asked, answer]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(title=texts, question=texts, model=texts)
+def test_the_store_inserts_a_turn_as_bulk_create_would(
+    user: Any, title: str, question: str, model: str
+) -> None:
+    ours, django = turn_rows(user, title, question, model), turn_rows(user, title, question, model)
+    with transaction.atomic():  # the conversation points at its answer: checked at commit
+        store.insert(ours[:1])
+        store.insert(ours[1:])
+        Conversation.objects.bulk_create(django[:1])
+        Message.objects.bulk_create(django[1:])
+    for mine, theirs in zip(ours, django, strict=True):
+        expected = stored(type(theirs), theirs.pk)
+        for name in ("conversation_id", "parent_id", "current_leaf_id"):
+            if name in expected:  # the same shape, each pointing within its own turn
+                index = [r.pk for r in django].index(expected[name]) if expected[name] else None
+                expected[name] = ours[index].pk if index is not None else None
+        assert stored(type(mine), mine.pk) == expected
+
+
+def test_inserted_rows_have_their_times_and_are_saved_afterwards_not_inserted_again(
+    user: Any,
+) -> None:
+    conversation, asked, answer = turn_rows(user, "A title", "Hello?", "gpt-test")
+    with transaction.atomic():
+        store.insert([conversation])
+        store.insert([asked, answer])
+    fresh = Message.objects.get(pk=answer.pk)
+    assert fresh.created_at is not None and fresh.updated_at is not None
+    assert fresh.created_at == answer.created_at  # pre_save set them on the objects too
+
+    answer.content = "Hi."
+    answer.save()  # an UPDATE: the object knows it is stored
+    assert Message.objects.filter(conversation=conversation).count() == 2
+    assert Message.objects.get(pk=answer.pk).content == "Hi."
