@@ -18,6 +18,13 @@ collector on.
 - ``writes``: a websocket frame through daphne over a real socket on
   127.0.0.1, with Twisted's buffered write (before) and with ``chat.server``'s
   eager write (after).
+- ``setup``: a new conversation's turn setup (``store.start_turn``, with the
+  session check, as a socket makes it), its rows inserted by the ORM
+  (``save``, ``bulk_create``: before) and by ``store.insert`` (after). On a
+  fresh SQLite file, or ``--database URL`` (a PostgreSQL database, migrated).
+- ``session``: the session check of a turn (``chat.auth.session_is_current``),
+  the session loaded by Django's database engine (before) and read in one
+  statement, decoded by the engine (after). Same databases as ``setup``.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from bench import costs
@@ -171,7 +180,93 @@ def hop(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per frame from the delivery to the server's send"
 
 
-COMPARISONS = {"reads": (reads, 2_000), "hop": (hop, 20_000), "writes": (writes, 5_000)}
+def orm_insert(rows: list[Any]) -> None:
+    """``store.insert`` before: the ORM's save of a new conversation, bulk_create of messages."""
+    from chat.models import Conversation, Message
+
+    if isinstance(rows[0], Conversation):
+        rows[0].save(force_insert=True)
+    else:
+        Message.objects.bulk_create(rows)
+
+
+def setup(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from chat import store
+
+    current = store.insert
+    crowd: list[costs.Person] = []  # each turn a new user: no limit is reached
+
+    async def work() -> None:
+        for person in crowd:
+            await store.start_turn(
+                person.owner, None, "How many words are in this question?", model="bench",
+                system_prompt="", still_allowed=person.still_allowed,
+            )  # fmt: skip
+
+    def prepare() -> None:
+        crowd[:] = costs.people(ops)
+
+    def using(insert: Any) -> Callable[[], None]:
+        return Prepared(with_method(loop, work, store, "insert", insert), prepare)  # type: ignore[arg-type]
+
+    variants = {
+        "the ORM's save and bulk_create (before)": using(orm_insert),
+        "store.insert (after)": using(current),
+    }
+    return variants, "µs per turn setup (a new conversation)"
+
+
+def djangos_session(key: str) -> Any:
+    """``chat.auth._stored_session`` before: the engine's store, loaded by its own query."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    return import_module(settings.SESSION_ENGINE).SessionStore(key)
+
+
+def session(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from chat import auth
+
+    current = auth._stored_session
+    crowd = costs.people(ops)
+
+    def using(load: Any) -> Callable[[], None]:
+        def run() -> None:  # in this thread, as the database thread makes it
+            kept, auth._stored_session = auth._stored_session, load
+            try:
+                for person in crowd:
+                    assert person.still_allowed()
+            finally:
+                auth._stored_session = kept
+
+        return run
+
+    variants = {
+        "Django's session load (before)": using(djangos_session),
+        "one statement, Django's decode (after)": using(current),
+    }
+    return variants, "µs per session check (chat.auth.session_is_current)"
+
+
+COMPARISONS = {
+    "reads": (reads, 2_000),
+    "hop": (hop, 20_000),
+    "writes": (writes, 5_000),
+    "setup": (setup, 50),
+    "session": (session, 200),
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A round with something to make before its clock starts (the users of its turns)."""
+
+    round: Callable[[], None]
+    prepare: Callable[[], None]
+
+    def __call__(self) -> None:
+        self.round()
 
 
 def compare(variants: Variants, ops: int, rounds: int) -> dict[str, list[float]]:
@@ -179,6 +274,8 @@ def compare(variants: Variants, ops: int, rounds: int) -> dict[str, list[float]]
     results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
+            if isinstance(run, Prepared):
+                run.prepare()
             started = time.process_time()
             run()
             results[name].append((time.process_time() - started) / ops * 1e6)
@@ -190,11 +287,22 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(COMPARISONS))
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--ops", type=int, help="operations per round")
+    parser.add_argument("--database", help="DATABASE_URL for setup (default: a fresh SQLite file)")
     args = parser.parse_args()
     from chat.server import install_uvloop
 
     install_uvloop()  # before daphne.server is imported, as python -m chat.server does
-    costs.setup_django("sqlite:///:memory:")
+    with tempfile.TemporaryDirectory(prefix="chat-ab-") as folder:
+        url = args.database or f"sqlite:///{folder}/ab.sqlite3"
+        run(args, url if args.name in {"setup", "session"} else "sqlite:///:memory:")
+
+
+def run(args: argparse.Namespace, url: str) -> None:
+    costs.setup_django(url)
+    if args.name in {"setup", "session"}:
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
     from daphne.server import twisted_loop
 
     asyncio.set_event_loop(twisted_loop)

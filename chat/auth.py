@@ -9,6 +9,7 @@ process's sockets of that session at once (``user_logged_out``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from importlib import import_module
@@ -19,7 +20,11 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.auth.signals import user_logged_out
+from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSession
+from django.db import connections, models, router
 from django.http import HttpRequest
+from django.utils import timezone
 
 from chat.batches import in_db_thread
 from chat.conf import conf
@@ -71,13 +76,61 @@ def _session_user(scope: dict[str, Any], owner: Owner) -> Any | None:
     key = session.session_key if session is not None else None
     if not key:
         return None
-    fresh = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    fresh = _stored_session(key)
     if owner.user_id is None:  # anonymous chat: the session is the identity
         return AnonymousUser() if fresh.exists(key) else None
     # Django's own check (the session's user, its backend, the auth hash and its
     # fallbacks) reads only ``request.session``.
     user = get_user(cast(HttpRequest, SimpleNamespace(session=fresh)))
     return user if user.is_authenticated and user.pk == owner.user_id else None
+
+
+def _stored_session(key: str) -> SessionBase:
+    """The session ``key`` as stored now, in the project's session engine.
+
+    With Django's database engine, its row is read by one hand-written statement
+    and decoded by the engine's own ``decode``: the ORM's query, compiled anew on
+    every turn, was a fifth of a turn's setup (``python -m bench.ab session``).
+    Any other engine (cached, signed cookies, a project's own) loads as it does.
+    """
+    engine = import_module(settings.SESSION_ENGINE).SessionStore
+    fresh: Any = engine(key)
+    if not (issubclass(engine, DatabaseSession) and _loads_as_django_does(engine)):
+        return cast(SessionBase, fresh)
+    sql, expires, alias = _session_select(fresh.model)
+    using = connections[alias]
+    with using.cursor() as cursor:
+        cursor.execute(sql, [key, expires.get_db_prep_value(timezone.now(), using)])
+        row = cursor.fetchone()
+    # What ``load`` leaves: the decoded data, or nothing and no key (gone or expired).
+    fresh._session_cache = fresh.decode(row[0]) if row is not None else {}
+    if row is None:
+        fresh._session_key = None
+    return cast(SessionBase, fresh)
+
+
+def _loads_as_django_does(engine: type[Any]) -> bool:
+    """Whether this database engine loads a session as Django's own does (not overridden)."""
+    return all(
+        getattr(engine, name) is getattr(DatabaseSession, name)
+        for name in ("load", "_get_session_from_db")
+    )
+
+
+@functools.cache
+def _session_select(model: Any) -> tuple[str, models.Field[Any, Any], str]:
+    """The live session row's data by key (made once): the statement, the expiry field
+    (to prepare the time compared), and the database it is read from."""
+    alias = router.db_for_read(model)
+    q = connections[alias].ops.quote_name
+    key, data, expires = (
+        model._meta.get_field(n) for n in ("session_key", "session_data", "expire_date")
+    )
+    sql = (
+        f"SELECT {q(data.column)} FROM {q(model._meta.db_table)} "
+        f"WHERE {q(key.column)} = %s AND {q(expires.column)} > %s"
+    )
+    return sql, expires, alias
 
 
 may_chat = in_db_thread(can_chat)

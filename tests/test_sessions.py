@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,10 +19,13 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.sessions import InstanceSessionWrapper
 from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import path
+from django.utils import timezone
 
+from chat import auth
 from chat.consumers import ChatConsumer, frame_sender
 from chat.routing import websocket_urlpatterns
 from project.asgi import application
@@ -103,6 +107,58 @@ async def test_a_password_change_ends_the_other_sessions_sockets(
     assert (await chat.receive())["code"] == "not_authenticated"
     assert await closed_with(chat) == 4401
     assert fake_upstream.requests == []
+
+
+async def test_a_send_after_the_session_expired_is_refused(
+    open_socket: Open, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    browser = await logged_in(user)
+    chat = await open_socket(browser)
+    past = timezone.now() - timedelta(seconds=1)
+    await Session.objects.filter(session_key=browser.session.session_key).aupdate(expire_date=past)
+    await chat.send("still here?")
+    assert (await chat.receive())["code"] == "not_authenticated"
+    assert await closed_with(chat) == 4401
+    assert fake_upstream.requests == []
+
+
+async def test_on_another_session_engine_a_password_change_still_ends_the_socket(
+    open_socket: Open, fake_upstream: FakeUpstream, user: Any, settings: Any
+) -> None:
+    """Engines other than Django's database one load sessions their own way."""
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    browser = await logged_in(user)
+    chat = await open_socket(browser)
+    fake_upstream.script(stream(*completion(["Fine."])))
+    await chat.send("still here?")
+    assert (await chat.receive_until("done"))[-1]["status"] == "complete"
+    user.set_password("a-new-password-42")
+    await user.asave()
+    await chat.send("and now?")
+    assert (await chat.receive())["code"] == "not_authenticated"
+    assert await closed_with(chat) == 4401
+
+
+@pytest.mark.parametrize("state", ["live", "expired", "deleted", "tampered", "unknown key"])
+def test_the_session_check_reads_a_database_session_as_djangos_own_load(
+    user: Any, state: str
+) -> None:
+    browser = Client()
+    browser.force_login(user)
+    key = browser.session.session_key
+    rows = Session.objects.filter(session_key=key)
+    if state == "expired":
+        rows.update(expire_date=timezone.now() - timedelta(seconds=1))
+    elif state == "deleted":
+        rows.delete()
+    elif state == "tampered":
+        rows.update(session_data=rows.get().session_data[:-4] + "abcd")
+    elif state == "unknown key":
+        key = "x" * 32
+    ours, djangos = auth._stored_session(key), SessionStore(key)
+    assert dict(ours.items()) == dict(djangos.items())  # items() loads Django's own
+    assert ours.session_key == djangos.session_key
+    assert bool(dict(ours.items())) is (state == "live")
 
 
 async def test_another_session_of_the_same_user_keeps_chatting(
