@@ -25,6 +25,9 @@ collector on.
 - ``session``: the session check of a turn (``chat.auth.session_is_current``),
   the session loaded by Django's database engine (before) and read in one
   statement, decoded by the engine (after). Same databases as ``setup``.
+- ``final``: an answer's final save with the day's usage
+  (``store.finish_message``), the message row updated by the ORM (before) and by
+  ``store.update`` (after). Same databases as ``setup``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bench import costs
@@ -249,12 +253,57 @@ def session(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per session check (chat.auth.session_is_current)"
 
 
+def orm_update(model: Any, pk: Any, values: dict[str, Any]) -> int:
+    """``store.update`` before: the ORM's ``filter(pk=...).update(...)``."""
+    return int(model.objects.filter(pk=pk).update(**values))
+
+
+def final(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from chat import store
+    from chat.usage import Usage
+
+    current = store.update
+    turns: list[tuple[Any, str]] = []
+    text, usage = costs.expected_text(costs.TOKENS), Usage(14, costs.TOKENS, estimated=False)
+
+    async def prepare_turns(crowd: list[costs.Person]) -> None:
+        for person in crowd:
+            turn = await store.start_turn(
+                person.owner, None, "How many words?", model="bench", system_prompt=""
+            )
+            turns.append((turn, person.owner.key))
+
+    async def work() -> None:
+        for turn, owner_key in turns:
+            await store.finish_message(
+                turn.assistant_message.id, owner_key=owner_key, usage=usage,
+                timeline=costs.timeline(), content=text, reasoning="", refusal="",
+                tool_calls=[], status="complete", finish_reason="stop", error_code="",
+                error_detail="", model="bench", upstream_request_id="",
+                time_to_first_token=timedelta(seconds=0.01), duration=timedelta(seconds=10),
+            )  # fmt: skip
+
+    def prepare() -> None:
+        turns.clear()
+        loop.run_until_complete(prepare_turns(costs.people(ops)))
+
+    def using(update: Any) -> Callable[[], None]:
+        return Prepared(with_method(loop, work, store, "update", update), prepare)  # type: ignore[arg-type]
+
+    variants = {
+        "the ORM's update (before)": using(orm_update),
+        "store.update (after)": using(current),
+    }
+    return variants, "µs per final save (store.finish_message, with the day's usage)"
+
+
 COMPARISONS = {
     "reads": (reads, 2_000),
     "hop": (hop, 20_000),
     "writes": (writes, 5_000),
     "setup": (setup, 50),
     "session": (session, 200),
+    "final": (final, 50),
 }
 
 
@@ -294,12 +343,12 @@ def main() -> None:
     install_uvloop()  # before daphne.server is imported, as python -m chat.server does
     with tempfile.TemporaryDirectory(prefix="chat-ab-") as folder:
         url = args.database or f"sqlite:///{folder}/ab.sqlite3"
-        run(args, url if args.name in {"setup", "session"} else "sqlite:///:memory:")
+        run(args, url if args.name in {"setup", "session", "final"} else "sqlite:///:memory:")
 
 
 def run(args: argparse.Namespace, url: str) -> None:
     costs.setup_django(url)
-    if args.name in {"setup", "session"}:
+    if args.name in {"setup", "session", "final"}:
         from django.core.management import call_command
 
         call_command("migrate", interactive=False, verbosity=0)

@@ -189,6 +189,35 @@ def insert(rows: Sequence[models.Model]) -> None:
         row._state.db = connection.alias
 
 
+def update(model: type[models.Model], pk: Any, values: dict[str, Any]) -> int:
+    """Set ``values`` (field names to plain values) on one row; return how many rows changed.
+
+    What ``filter(pk=pk).update(**values)`` stores, by the fields' own
+    ``get_db_prep_save``, with the statement made once per set of fields: an
+    answer's final save names the same fields every time.
+    """
+    sql, fields = _update_statement(model, tuple(values), connection.vendor)
+    prepared = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    key = model._meta.pk
+    assert key is not None
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*prepared, key.get_db_prep_value(pk, connection)])
+        return int(cursor.rowcount)
+
+
+@functools.cache
+def _update_statement(
+    model: type[models.Model], names: tuple[str, ...], vendor: str
+) -> tuple[str, list[models.Field[Any, Any]]]:
+    """The UPDATE of these fields of one row of ``model`` by its key (made once)."""
+    fields = [cast("models.Field[Any, Any]", model._meta.get_field(name)) for name in names]
+    assignments = ", ".join(f"{_q(cast(str, f.column))} = %s" for f in fields)
+    pk = model._meta.pk
+    assert pk is not None
+    key = cast(str, pk.column)
+    return f"UPDATE {_q(model._meta.db_table)} SET {assignments} WHERE {_q(key)} = %s", fields
+
+
 @functools.cache
 def _insert_statement(
     model: type[models.Model], count: int, vendor: str
@@ -625,9 +654,10 @@ def finish_message(
     **fields: Any,
 ) -> None:
     """Store an answer's final text, status, usage and timings; add its tokens to the day's."""
-    now = timezone.now()
-    Message.objects.filter(pk=message_id).update(
-        updated_at=now, **_usage_fields(usage), **_fitted(fields)
+    update(
+        Message,
+        message_id,
+        {"updated_at": timezone.now(), **_usage_fields(usage), **_fitted(fields)},
     )
     record_usage(owner_key, usage, answers=1)
 
@@ -636,7 +666,7 @@ def finish_message(
 def set_title(conversation_id: uuid.UUID, title: str, *, owner_key: str, usage: Usage) -> None:
     """Store a conversation's title (if any) and count the tokens it cost."""
     if title:
-        Conversation.objects.filter(pk=conversation_id).update(title=title[:200])
+        update(Conversation, conversation_id, {"title": title[:200]})
     record_usage(owner_key, usage, answers=0)
 
 

@@ -1,9 +1,10 @@
-"""A turn's rows, inserted by the store's own statement, are what Django's ORM would store."""
+"""A turn's rows, inserted and updated by the store's own statements, are what Django's ORM
+would store."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -85,3 +86,58 @@ def test_inserted_rows_have_their_times_and_are_saved_afterwards_not_inserted_ag
     answer.save()  # an UPDATE: the object knows it is stored
     assert Message.objects.filter(conversation=conversation).count() == 2
     assert Message.objects.get(pk=answer.pk).content == "Hi."
+
+
+durations = st.none() | st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=2))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=texts,
+    detail=texts,
+    tokens=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
+    first=durations,
+    duration=durations,
+    status=st.sampled_from(Message.Statuses.values),
+)
+def test_the_store_updates_an_answer_as_the_orm_would(
+    user: Any,
+    content: str,
+    detail: str,
+    tokens: int | None,
+    first: timedelta | None,
+    duration: timedelta | None,
+    status: str,
+) -> None:
+    answers = []
+    for _ in range(2):
+        rows = turn_rows(user, "A title", "Hello?", "gpt-test")
+        with transaction.atomic():
+            store.insert(rows[:1])
+            store.insert(rows[1:])
+        answers.append(rows[2])
+    values = {
+        "content": content,
+        "status": status,
+        "error_detail": detail,
+        "completion_tokens": tokens,
+        "time_to_first_token": first,
+        "duration": duration,
+        "timeline": [{"event": "finished", "detail": detail}],
+        "tool_calls": [{"id": "call_1", "arguments": content}],
+        "updated_at": SHOWN,
+    }
+    ours, django = answers
+    assert store.update(Message, ours.pk, values) == 1
+    Message.objects.filter(pk=django.pk).update(**values)
+    mine, theirs = stored(Message, ours.pk), stored(Message, django.pk)
+    assert mine.pop("conversation_id") != theirs.pop("conversation_id")  # two turns
+    assert mine.pop("parent_id") != theirs.pop("parent_id")
+    assert mine == theirs
+    assert Message.objects.get(pk=ours.pk).updated_at == SHOWN
+
+
+def test_an_update_of_a_row_that_is_not_there_changes_nothing(user: Any) -> None:
+    assert store.update(Message, uuid.uuid4(), {"content": "Hi."}) == 0
