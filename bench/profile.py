@@ -4,8 +4,10 @@
 entry's share of the samples: ``self`` where the sample's innermost frame was,
 ``total`` where it was anywhere on the stack. ``--by owner`` groups frames by
 what owns the code (the event loop, the database, the chat app's modules, the
-web server...), which is how bench/RESULTS.md reports a profile. Samples of
-threads waiting (a queue, a poll) are left out: busy samples only.
+web server...), which is how bench/RESULTS.md reports a profile; with
+``--per-token US`` (the relay's CPU per token in a run without the profiler)
+each share is also given in µs per token. Samples of threads waiting (a queue,
+a poll) are left out: busy samples only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ OWNERS = [
     ("chat: consumer", r"chat/consumers\.py|chat/limits\.py"),
     ("chat: rendering", r"chat/rendering\.py|markdown_it|nh3|pygments"),
     ("chat: other", r"chat/"),
+    ("the bare relay's own code", r"bench/relays/"),
     ("Python interpreter", r"python3|libpython|_Py|Py[A-Z]"),
 ]
 
@@ -96,13 +99,25 @@ def main() -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--by", choices=["function", "owner"], default="owner")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument(
+        "--per-token",
+        type=float,
+        metavar="US",
+        help="the relay's CPU µs per token (from a run without the profiler): "
+        "also print each entry's self share of it",
+    )
     args = parser.parse_args()
     for path in args.files:
         total, own, anywhere = shares(read(path), args.by)
         print(f"\n{path.name}: {total:,} busy samples")
-        print(f"{'self':>7} {'total':>7}  {args.by}")
+        unit = f" {'µs/token':>8}" if args.per_token else ""
+        print(f"{'self':>7} {'total':>7}{unit}  {args.by}")
         for name, count in own.most_common(args.top):
-            print(f"{100 * count / total:6.1f}% {100 * anywhere[name] / total:6.1f}%  {name[:110]}")
+            cost = f" {args.per_token * count / total:8.1f}" if args.per_token else ""
+            print(
+                f"{100 * count / total:6.1f}% {100 * anywhere[name] / total:6.1f}%{cost}"
+                f"  {name[:110]}"
+            )
 
 
 if __name__ == "__main__":
