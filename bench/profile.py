@@ -4,7 +4,9 @@
 entry's share of the samples: ``self`` where the sample's innermost frame was,
 ``total`` where it was anywhere on the stack. ``--by owner`` groups frames by
 what owns the code (the event loop, the database, the chat app's modules, the
-web server...), which is how bench/RESULTS.md reports a profile; with
+web server...), which is how bench/RESULTS.md reports a profile; ``--by database``
+splits the database's samples by the chat app's calls on their stack (the turn's
+setup, a final save...), as shares of all busy samples; with
 ``--per-token US`` (the relay's CPU per token in a run without the profiler)
 each share is also given in µs per token. Samples of threads waiting (a queue,
 a poll) are left out: busy samples only.
@@ -70,6 +72,20 @@ def owner(frame: str) -> str:
     return "other"
 
 
+DATABASE = OWNERS[1][0]
+CHAT = re.compile(r"\(\S*chat/\w+\.py")
+BATCHES = "chat/batches.py"
+
+
+def _owner_of_sample(frames: list[str]) -> str:
+    names = [owner(f) for f in frames]
+    return next((n for n in reversed(names) if n not in UNOWNED), names[-1])
+
+
+def _function(frame: str) -> str:
+    return frame.partition(" (")[0]
+
+
 def shares(
     stacks: list[tuple[list[str], int]], key: str
 ) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
@@ -82,7 +98,17 @@ def shares(
         if not frames or any(IDLE.search(f) for f in frames[-4:]):
             continue
         total_samples += count
-        names = [owner(f) if key == "owner" else f for f in frames]
+        if key == "database":  # the database's samples, by the app's calls on the stack
+            if _owner_of_sample(frames) != DATABASE:
+                continue
+            calls = [_function(f) for f in frames if CHAT.search(f) and BATCHES not in f]
+            batch = any(BATCHES in f for f in frames)
+            names = [
+                " > ".join(list(dict.fromkeys(calls))[-3:])
+                or ("a batch's transaction (savepoints, commit)" if batch else "(no chat/ call)")
+            ]
+        else:
+            names = [owner(f) if key == "owner" else f for f in frames]
         # By owner, native code without an owner of its own (libc, the interpreter)
         # counts for the innermost frame that has one: the code that called it.
         innermost = names[-1]
@@ -97,7 +123,12 @@ def shares(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--by", choices=["function", "owner"], default="owner")
+    parser.add_argument(
+        "--by",
+        choices=["function", "owner", "database"],
+        default="owner",
+        help="database: the database's samples only, by the chat app's calls on their stack",
+    )
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument(
         "--per-token",

@@ -46,3 +46,20 @@ def test_with_the_cpu_per_token_each_owner_gets_its_microseconds(tmp_path: Path)
     assert costs["write system call"] == 50.0  # 50 of 120 busy samples, of 120 µs
     assert costs["SSE and chunk parsing"] == 30.0
     assert sum(costs.values()) == 120.0
+
+
+def test_the_databases_samples_are_split_by_the_app_calls_that_made_them(tmp_path: Path) -> None:
+    folded = tmp_path / "relay.txt"
+    turn = "_whole (chat/batches.py:60);start_turn (chat/store.py:400);insert (chat/store.py:190)"
+    folded.write_text(
+        STACKS
+        + f"process 1;thread 4;{turn};execute (psycopg/cursor.py:700) 40\n"
+        + "process 1;thread 4;_whole (chat/batches.py:60);commit (django/db/transaction.py:9) 10\n"
+    )
+    total, own, _ = profile.shares(profile.read(folded), "database")
+    assert total == 170  # shares of all busy samples, the database's alone listed
+    assert own == {
+        "start_turn > insert": 40,
+        "a batch's transaction (savepoints, commit)": 10,
+        "(no chat/ call)": 20,  # the psycopg sample with no app call on its stack
+    }
