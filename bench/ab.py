@@ -184,6 +184,25 @@ def hop(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per frame from the delivery to the server's send"
 
 
+def swapping_store(
+    loop: asyncio.AbstractEventLoop,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    prepare: Callable[[], None],
+    name: str,
+    before: tuple[str, Any],
+) -> Variants:
+    """Rounds of ``work`` with ``chat.store.<name>`` replaced by ``before`` (its label and
+    function), then with the app's own; ``prepare`` runs before each round's clock."""
+    from chat import store
+
+    current = getattr(store, name)
+
+    def using(function: Any) -> Callable[[], None]:
+        return Prepared(with_method(loop, work, store, name, function), prepare)  # type: ignore[arg-type]
+
+    return {f"{before[0]} (before)": using(before[1]), f"store.{name} (after)": using(current)}
+
+
 def orm_insert(rows: list[Any]) -> None:
     """``store.insert`` before: the ORM's save of a new conversation, bulk_create of messages."""
     from chat.models import Conversation, Message
@@ -197,7 +216,6 @@ def orm_insert(rows: list[Any]) -> None:
 def setup(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     from chat import store
 
-    current = store.insert
     crowd: list[costs.Person] = []  # each turn a new user: no limit is reached
 
     async def work() -> None:
@@ -210,13 +228,8 @@ def setup(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     def prepare() -> None:
         crowd[:] = costs.people(ops)
 
-    def using(insert: Any) -> Callable[[], None]:
-        return Prepared(with_method(loop, work, store, "insert", insert), prepare)  # type: ignore[arg-type]
-
-    variants = {
-        "the ORM's save and bulk_create (before)": using(orm_insert),
-        "store.insert (after)": using(current),
-    }
+    before = ("the ORM's save and bulk_create", orm_insert)
+    variants = swapping_store(loop, work, prepare, "insert", before)
     return variants, "µs per turn setup (a new conversation)"
 
 
@@ -262,7 +275,6 @@ def final(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     from chat import store
     from chat.usage import Usage
 
-    current = store.update
     turns: list[tuple[Any, str]] = []
     text, usage = costs.expected_text(costs.TOKENS), Usage(14, costs.TOKENS, estimated=False)
 
@@ -287,13 +299,7 @@ def final(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
         turns.clear()
         loop.run_until_complete(prepare_turns(costs.people(ops)))
 
-    def using(update: Any) -> Callable[[], None]:
-        return Prepared(with_method(loop, work, store, "update", update), prepare)  # type: ignore[arg-type]
-
-    variants = {
-        "the ORM's update (before)": using(orm_update),
-        "store.update (after)": using(current),
-    }
+    variants = swapping_store(loop, work, prepare, "update", ("the ORM's update", orm_update))
     return variants, "µs per final save (store.finish_message, with the day's usage)"
 
 
