@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python manage.py demo 127.0.0.1:$(PORT)
 
-## Set up and run the whole test suite.
+## Set up and run the whole test suite: one test file per core (each file's module
+## fixtures made once), then the tests that time what a person sees, with nothing beside.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not alone" --numprocesses=auto --maxprocesses=4 --dist=loadfile
+	$(BIN)/python -m pytest -m alone
 
 ## Run the relay benchmark (a few minutes) and rewrite bench/RESULTS.md.
 bench: $(STAMP)
