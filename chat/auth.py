@@ -97,11 +97,14 @@ def _stored_session(key: str) -> SessionBase:
     fresh: Any = engine(key)
     if not (issubclass(engine, DatabaseSession) and _loads_as_django_does(engine)):
         return cast(SessionBase, fresh)
-    sql, expires, alias = _session_select(fresh.model)
-    using = connections[alias]
-    with using.cursor() as cursor:
-        cursor.execute(sql, [key, expires.get_db_prep_value(timezone.now(), using)])
-        row = cursor.fetchone()
+    row = None
+    if fresh.session_key is not None:  # a key the engine takes (Django validates its shape)
+        sql, expires, alias = _session_select(fresh.model)
+        using = connections[alias]
+        with using.cursor() as cursor:
+            now = expires.get_db_prep_value(timezone.now(), using)
+            cursor.execute(sql, [fresh.session_key, now])
+            row = cursor.fetchone()
     # What ``load`` leaves: the decoded data, or nothing and no key (gone or expired).
     fresh._session_cache = fresh.decode(row[0]) if row is not None else {}
     if row is None:
