@@ -18,10 +18,11 @@ run: $(STAMP)
 	$(BIN)/python manage.py demo 127.0.0.1:$(PORT)
 
 ## Set up and run the whole test suite: one test file per core (each file's module
-## fixtures made once), then the tests that time what a person sees, with nothing beside.
+## fixtures made once), then the browser tests one at a time (a page's timings and a
+## browser's sockets need the machine to themselves).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not alone" --numprocesses=auto --maxprocesses=4 --dist=loadfile
-	$(BIN)/python -m pytest -m alone
+	$(BIN)/python -m pytest --ignore=tests/browser --numprocesses=auto --maxprocesses=4 --dist=loadfile
+	$(BIN)/python -m pytest tests/browser
 
 ## Run the relay benchmark (a few minutes) and rewrite bench/RESULTS.md.
 bench: $(STAMP)

@@ -53,7 +53,6 @@ def long_site(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Site]:
     yield from start_site(tmp_path, **fake_model(fake_upstream))
 
 
-@pytest.mark.alone  # a test beside it on a 2-core machine makes the page's tasks longer
 async def test_a_20000_token_answer_never_freezes_the_page(
     page: Any, long_site: Site, fake_upstream: FakeUpstream
 ) -> None:
