@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
+from hypothesis import HealthCheck, settings
 
 from chat import upstream
 from chat.generation import registry
@@ -32,6 +33,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 ORIGIN = b"http://localhost"
+
+
+def database_examples(count: int) -> Any:
+    """Hypothesis settings for a property test on the database: ``count`` examples, no
+    deadline (a query's time varies), and the function's fixtures (a user) shared by all."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
 
 
 class ChatClient:

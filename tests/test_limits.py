@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from chat.models import Conversation, Message, Owner
 from chat.store import _answer_counts
-from tests.conftest import Connect
+from tests.conftest import Connect, database_examples
 from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 from tests.servers import ROOT
 
@@ -157,9 +157,7 @@ messages = st.lists(
 
 
 @pytest.mark.django_db(transaction=False)
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@database_examples(40)
 @given(rows=messages)
 def test_the_limit_counts_are_exactly_the_owners_answers_running_and_recent(
     rows: list[tuple[int, str, str, int]], user: Any, other_user: Any

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import store
 from chat.models import Conversation, Message
+from tests.conftest import database_examples
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,9 +50,7 @@ def turn_rows(user: Any, title: str, question: str, model: str) -> list[Any]:
     return [conversation, asked, answer]
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@database_examples(25)
 @given(title=texts, question=texts, model=texts)
 def test_the_store_inserts_a_turn_as_bulk_create_would(
     user: Any, title: str, question: str, model: str
@@ -91,9 +90,7 @@ def test_inserted_rows_have_their_times_and_are_saved_afterwards_not_inserted_ag
 durations = st.none() | st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=2))
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@database_examples(25)
 @given(
     content=texts,
     detail=texts,

@@ -10,14 +10,14 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import store
 from chat.models import Conversation, DailyUsage, Message, Owner
 from chat.sweep import sweep_once
 from chat.usage import Usage, estimate_tokens
-from tests.conftest import Connect, rebuild
+from tests.conftest import Connect, database_examples, rebuild
 from tests.fake_upstream import FakeUpstream, completion, hanging, stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -155,9 +155,7 @@ USAGES = st.lists(
 
 
 @pytest.mark.django_db(transaction=False)
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@database_examples(30)
 @given(usages=USAGES)
 def test_the_days_totals_are_the_sum_of_what_was_recorded_in_one_statement_or_not(
     usages: list[tuple[str, int, int, bool, int]], user: Any, monkeypatch: Any
