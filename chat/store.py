@@ -196,10 +196,8 @@ def update(model: type[models.Model], pk: Any, values: dict[str, Any]) -> int:
     ``get_db_prep_save``, with the statement made once per set of fields: an
     answer's final save names the same fields every time.
     """
-    sql, fields = _update_statement(model, tuple(values), connection.vendor)
+    sql, fields, key = _update_statement(model, tuple(values), connection.vendor)
     prepared = [f.get_db_prep_save(values[f.name], connection) for f in fields]
-    key = model._meta.pk
-    assert key is not None
     with connection.cursor() as cursor:
         cursor.execute(sql, [*prepared, key.get_db_prep_value(pk, connection)])
         return int(cursor.rowcount)
@@ -208,14 +206,15 @@ def update(model: type[models.Model], pk: Any, values: dict[str, Any]) -> int:
 @functools.cache
 def _update_statement(
     model: type[models.Model], names: tuple[str, ...], vendor: str
-) -> tuple[str, list[models.Field[Any, Any]]]:
-    """The UPDATE of these fields of one row of ``model`` by its key (made once)."""
+) -> tuple[str, list[models.Field[Any, Any]], models.Field[Any, Any]]:
+    """The UPDATE of these fields of one row of ``model`` by its key (made once): the
+    statement, the fields it sets, and the key's field (to prepare the key)."""
     fields = [cast("models.Field[Any, Any]", model._meta.get_field(name)) for name in names]
     assignments = ", ".join(f"{_q(cast(str, f.column))} = %s" for f in fields)
-    pk = model._meta.pk
-    assert pk is not None
-    key = cast(str, pk.column)
-    return f"UPDATE {_q(model._meta.db_table)} SET {assignments} WHERE {_q(key)} = %s", fields
+    key = model._meta.pk
+    assert key is not None
+    where = _q(cast(str, key.column))
+    return f"UPDATE {_q(model._meta.db_table)} SET {assignments} WHERE {where} = %s", fields, key
 
 
 @functools.cache
