@@ -25,6 +25,10 @@ collector on.
 - ``session``: the session check of a turn (``chat.auth.session_is_current``),
   the session loaded by Django's database engine (before) and read in one
   statement, decoded by the engine (after). Same databases as ``setup``.
+- ``trips``: turns that start together (``--ops`` of them at once, a new
+  conversation each), each call of a batch's trip in a savepoint of its own
+  (before) and the trip one transaction, rolled back and split when a call
+  raises (``chat.batches._run``, after). Same databases as ``setup``.
 - ``final``: an answer's final save with the day's usage
   (``store.finish_message``), the message row updated by the ORM (before) and by
   ``store.update`` (after). Same databases as ``setup``.
@@ -233,6 +237,64 @@ def setup(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per turn setup (a new conversation)"
 
 
+def savepoint_per_call(calls: list[Callable[[], Any]]) -> list[Any]:
+    """``chat.batches._run`` before: each call of a trip in a savepoint of its own."""
+    from django.db import DatabaseError, transaction
+
+    from chat import batches
+
+    def whole(call: Callable[[], Any]) -> Any:
+        try:
+            with transaction.atomic():
+                return batches.Outcome(call())
+        except Exception as error:
+            return batches.Outcome(error=error)
+
+    if len(calls) == 1:
+        return [whole(calls[0])]
+    try:
+        with transaction.atomic():
+            return [whole(call) for call in calls]
+    except DatabaseError:
+        return [whole(call) for call in calls]
+
+
+def trips(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from chat import batches, store
+
+    crowd: list[costs.Person] = []
+
+    def turn(person: costs.Person) -> Coroutine[Any, Any, Any]:
+        return store.start_turn(  # type: ignore[no-any-return]
+            person.owner, None, "How many words are in this question?", model="bench",
+            system_prompt="", still_allowed=person.still_allowed,
+        )  # fmt: skip
+
+    async def work() -> None:
+        await asyncio.gather(*(turn(person) for person in crowd))
+
+    def prepare() -> None:
+        crowd[:] = costs.people(ops)
+
+    def using(run: Any) -> Callable[[], None]:
+        # Both ways in: the lanes' threads call ``_run``, Channels' thread its wrapper.
+        def swapped() -> None:
+            kept = batches._run, batches._run_in_db_thread
+            batches._run, batches._run_in_db_thread = run, batches.in_db_thread(run)
+            try:
+                loop.run_until_complete(work())
+            finally:
+                batches._run, batches._run_in_db_thread = kept
+
+        return Prepared(swapped, prepare)
+
+    variants = {
+        "a savepoint per call (before)": using(savepoint_per_call),
+        "one transaction a trip (after)": using(batches._run),
+    }
+    return variants, f"µs per turn setup, {ops} at once"
+
+
 def djangos_session(key: str) -> Any:
     """``chat.auth._stored_session`` before: the engine's store, loaded by its own query."""
     from importlib import import_module
@@ -310,7 +372,11 @@ COMPARISONS = {
     "setup": (setup, 50),
     "session": (session, 200),
     "final": (final, 50),
+    "trips": (trips, 50),
 }
+
+#: The comparisons that need a migrated database (SQLite by default, or ``--database``).
+DATABASE_COMPARISONS = {"setup", "session", "final", "trips"}
 
 
 @dataclass(frozen=True)
@@ -349,12 +415,12 @@ def main() -> None:
     install_uvloop()  # before daphne.server is imported, as python -m chat.server does
     with tempfile.TemporaryDirectory(prefix="chat-ab-") as folder:
         url = args.database or f"sqlite:///{folder}/ab.sqlite3"
-        run(args, url if args.name in {"setup", "session", "final"} else "sqlite:///:memory:")
+        run(args, url if args.name in DATABASE_COMPARISONS else "sqlite:///:memory:")
 
 
 def run(args: argparse.Namespace, url: str) -> None:
     costs.setup_django(url)
-    if args.name in {"setup", "session", "final"}:
+    if args.name in DATABASE_COMPARISONS:
         from django.core.management import call_command
 
         call_command("migrate", interactive=False, verbosity=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,12 +14,15 @@ from typing import Any
 import pytest
 from django.db import IntegrityError
 from django.db.backends.base.base import BaseDatabaseWrapper
+from hypothesis import given
+from hypothesis import strategies as st
 
-from chat import store
+from chat import batches, store
 from chat.batches import Batch
 from chat.exceptions import ClientError, SessionEnded
 from chat.models import Conversation, DailyUsage, Message, Owner
 from chat.usage import Usage
+from tests.conftest import database_examples
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -247,8 +251,8 @@ async def test_closing_while_a_lane_is_still_busy_says_so_and_completes(
 
 
 async def test_a_call_runs_whole_or_not_at_all_alone_or_in_a_trip(user: Any) -> None:
-    """The batch makes each call a transaction (alone) or a savepoint (in a trip): a call
-    that fails after writing leaves nothing, and the calls beside it stand."""
+    """Alone or in a trip, a call that fails after writing leaves nothing, and the calls
+    beside it stand."""
     batch = Batch("test")
     add = batch.of(lambda title: Conversation.objects.create(owner=user, title=title))
 
@@ -267,3 +271,71 @@ async def test_a_call_runs_whole_or_not_at_all_alone_or_in_a_trip(user: Any) -> 
     assert batch.sizes[-1] == 3 and isinstance(outcomes[1], RuntimeError)
     titles = [c.title async for c in Conversation.objects.order_by("title")]
     assert titles == ["first", "second"]
+
+
+#: What a call of a trip does: writes and returns, writes then raises, raises before
+#: writing, or breaks a constraint (a database error).
+KINDS = ["stores", "fails_after_writing", "refuses", "breaks_a_constraint"]
+
+
+@database_examples(40)
+@given(kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=12))
+def test_a_trip_stores_what_its_calls_would_store_one_by_one(user: Any, kinds: list[str]) -> None:
+    """Whatever its calls do, a trip leaves each caller its own outcome and the database
+    as the calls made one by one would; a call that raised is not made again, and one
+    that succeeded is made at most twice (again after a failure later in its trip)."""
+    Conversation.objects.filter(title__startswith="call ").delete()
+    taken = Conversation.objects.create(owner=user, title="taken")
+    runs = [0] * len(kinds)
+
+    def call(i: int, kind: str) -> int:
+        runs[i] += 1
+        if kind == "refuses":
+            raise ClientError("refused", f"call {i} refused")
+        Conversation.objects.create(
+            owner=user,
+            title=f"call {i}",
+            id=taken.id if kind == "breaks_a_constraint" else uuid.uuid4(),
+        )
+        if kind == "fails_after_writing":
+            raise RuntimeError(f"call {i} failed after writing")
+        return i
+
+    outcomes = batches._run([functools.partial(call, i, kind) for i, kind in enumerate(kinds)])
+
+    for i, (kind, outcome) in enumerate(zip(kinds, outcomes, strict=True)):
+        if kind == "stores":
+            assert (outcome.value, outcome.error) == (i, None)
+            assert 1 <= runs[i] <= 2
+        else:
+            expected = {
+                "refuses": ClientError,
+                "fails_after_writing": RuntimeError,
+                "breaks_a_constraint": IntegrityError,
+            }[kind]
+            assert isinstance(outcome.error, expected) and runs[i] == 1
+    stored = Conversation.objects.filter(title__startswith="call ")
+    titles = set(stored.values_list("title", flat=True))
+    assert titles == {f"call {i}" for i, kind in enumerate(kinds) if kind == "stores"}
+    taken.delete()
+
+
+async def test_a_trip_whose_calls_all_succeed_takes_no_savepoint(
+    django_user_model: Any, commits: list[int], monkeypatch: Any
+) -> None:
+    """A savepoint per call was two round trips each: a trip is one transaction."""
+    owners = await asyncio.to_thread(people, django_user_model, 10)
+    savepoints: list[int] = []
+    savepoint = BaseDatabaseWrapper.savepoint
+
+    def counted(self: BaseDatabaseWrapper) -> Any:
+        savepoints.append(1)
+        return savepoint(self)
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "savepoint", counted)
+    commits.clear()
+
+    await asyncio.gather(*(ask(owner, f"Question {i}") for i, owner in enumerate(owners)))
+
+    assert store.setups.sizes[-1] == 10
+    assert (len(commits), len(savepoints)) == (1, 0)
