@@ -200,7 +200,16 @@ class Message(models.Model):
 
     class Meta:
         ordering = ("created_at",)
-        indexes = (models.Index(fields=("conversation", "created_at"), name="chat_msg_conv_order"),)
+        indexes = (
+            models.Index(fields=("conversation", "created_at"), name="chat_msg_conv_order"),
+            # The answers being written, by conversation: a turn's limits count the
+            # owner's (``store._answer_counts``) in one probe per conversation.
+            models.Index(
+                fields=("conversation",),
+                name="chat_msg_streaming",
+                condition=Q(status="streaming"),
+            ),
+        )
 
     def __str__(self) -> str:
         text = self.content if len(self.content) <= 60 else f"{self.content[:59]}…"

@@ -192,3 +192,43 @@ def test_the_limit_counts_are_exactly_the_owners_answers_running_and_recent(
             )
             assert _answer_counts(owner, since=since) == expected
         transaction.set_rollback(True)
+
+
+@pytest.mark.django_db(transaction=False)
+@pytest.mark.parametrize("kind", ["user", "session"])
+def test_the_limit_counts_read_only_the_owners_conversations(
+    kind: str, user: Any, other_user: Any
+) -> None:
+    """Everyone else's answers being written cost a turn nothing: the counts reach the
+    messages through the owner's conversations by index, whatever the database believes
+    of how many answers stream (a plan ordered by that belief scanned them all)."""
+    from django.db import connection
+
+    from chat import store
+
+    for _ in range(30):  # others' answers being written
+        theirs = Conversation.objects.create(owner=other_user)
+        Message.objects.create(conversation=theirs, role="assistant", status="streaming")
+    owner = Owner(user_id=user.pk) if kind == "user" else Owner(user_id=None, session_key="k")
+    whose = (
+        f"{connection.ops.quote_name(store._owner_column)} = %s"
+        if kind == "user"
+        else f"{connection.ops.quote_name(store._owner_column)} IS NULL "
+        f"AND {connection.ops.quote_name('session_key')} = %s"
+    )
+    sql = store._counts_statement(whose, connection.vendor)
+    key = user.pk if kind == "user" else "k"
+    params = ["assistant", key, "assistant", key, timezone.now()]
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            steps = [row[3] for row in cursor.fetchall()]
+        else:  # PostgreSQL, when the suite runs on it
+            cursor.execute(f"EXPLAIN {sql}", params)
+            steps = [row[0].strip() for row in cursor.fetchall()]
+    # Each read of the messages by an index on their conversation (the streaming ones',
+    # the conversation's messages by time, or the foreign key's own).
+    reads = [step for step in steps if "chat_message" in step]
+    by_conversation = ("chat_msg_streaming", "chat_msg_conv_order", "conversation_id")
+    assert reads and all(any(name in step for name in by_conversation) for step in reads), steps
+    assert _answer_counts(owner, since=timezone.now() - timedelta(minutes=1)) == (0, 0)
