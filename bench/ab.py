@@ -25,6 +25,10 @@ collector on.
 - ``session``: the session check of a turn (``chat.auth.session_is_current``),
   the session loaded by Django's database engine (before) and read in one
   statement, decoded by the engine (after). Same databases as ``setup``.
+- ``user``: the session check of a turn, its user found by Django's
+  ``get_user`` through ``ModelBackend`` (the ORM's query, before) and by
+  ``chat.auth.logged_in_user`` (the user's row by one statement made once,
+  after). Same databases as ``setup``.
 - ``trips``: turns that start together (``--ops`` of them at once, a new
   conversation each), each call of a batch's trip in a savepoint of its own
   (before) and the trip one transaction, rolled back and split when a call
@@ -328,6 +332,39 @@ def session(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
     return variants, "µs per session check (chat.auth.session_is_current)"
 
 
+def djangos_get_user(session: Any) -> Any:
+    """``chat.auth.logged_in_user`` before: Django's ``get_user`` for the session."""
+    from types import SimpleNamespace
+
+    from django.contrib.auth import get_user
+
+    return get_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
+
+
+def user(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    from chat import auth
+
+    current = auth.logged_in_user
+    crowd = costs.people(ops)
+
+    def using(find: Any) -> Callable[[], None]:
+        def run() -> None:  # in this thread, as the database thread makes it
+            kept, auth.logged_in_user = auth.logged_in_user, find
+            try:
+                for person in crowd:
+                    assert person.still_allowed()
+            finally:
+                auth.logged_in_user = kept
+
+        return run
+
+    variants = {
+        "Django's get_user (before)": using(djangos_get_user),
+        "one statement made once (after)": using(current),
+    }
+    return variants, "µs per session check (chat.auth.session_is_current)"
+
+
 def orm_update(model: Any, pk: Any, values: dict[str, Any]) -> int:
     """``store.update`` before: the ORM's ``filter(pk=...).update(...)``."""
     return int(model.objects.filter(pk=pk).update(**values))
@@ -373,10 +410,11 @@ COMPARISONS = {
     "session": (session, 200),
     "final": (final, 50),
     "trips": (trips, 50),
+    "user": (user, 200),
 }
 
 #: The comparisons that need a migrated database (SQLite by default, or ``--database``).
-DATABASE_COMPARISONS = {"setup", "session", "final", "trips"}
+DATABASE_COMPARISONS = {"setup", "session", "final", "trips", "user"}
 
 
 @dataclass(frozen=True)

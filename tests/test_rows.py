@@ -138,3 +138,48 @@ def test_the_store_updates_an_answer_as_the_orm_would(
 
 def test_an_update_of_a_row_that_is_not_there_changes_nothing(user: Any) -> None:
     assert store.update(Message, uuid.uuid4(), {"content": "Hi."}) == 0
+
+
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@database_examples(25)
+@given(
+    name=texts.filter(lambda t: 0 < len(t) <= 150),
+    email=st.emails(),
+    active=st.booleans(),
+    last_login=st.none() | moments,
+    joined=moments,
+)
+def test_the_session_check_reads_a_user_as_the_orm_would(
+    django_user_model: Any,
+    name: str,
+    email: str,
+    active: bool,
+    last_login: datetime | None,
+    joined: datetime,
+) -> None:
+    """What ``ModelBackend.get_user`` reads (``_default_manager.get(pk=...)``), field for
+    field, from the session check's one statement (``chat.auth``)."""
+    from chat import auth
+
+    django_user_model.objects.filter(username=name).delete()
+    made = django_user_model.objects.create(
+        username=name,
+        email=email,
+        first_name=name[:150],
+        is_active=active,
+        last_login=last_login,
+        date_joined=joined,
+        password="!",
+    )
+    theirs = django_user_model._default_manager.get(pk=made.pk)
+    ours = auth._read_user(django_user_model, made.pk)
+
+    fields = [f.attname for f in django_user_model._meta.concrete_fields]
+    assert ours is not None and type(ours) is type(theirs)
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert (ours._state.db, ours._state.adding) == (theirs._state.db, theirs._state.adding)
+    assert auth._read_user(django_user_model, made.pk + 1_000_000) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,8 +20,11 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.sessions import InstanceSessionWrapper
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.db import transaction
 from django.test import Client
 from django.urls import path
 from django.utils import timezone
@@ -259,3 +263,100 @@ async def test_a_subclass_with_a_channel_of_its_own_gets_channels_loop(user: Any
         }
     finally:
         await communicator.disconnect(timeout=5)
+
+
+class GetsItsOwnUsers(ModelBackend):
+    """A project's backend that reads users its own way: checked by Django's own code."""
+
+    def get_user(self, user_id: Any) -> Any:
+        return super().get_user(user_id)
+
+
+MODEL = "django.contrib.auth.backends.ModelBackend"
+ALL_USERS = "django.contrib.auth.backends.AllowAllUsersModelBackend"
+OWN_READER = f"{__name__}.GetsItsOwnUsers"
+
+#: How a session may stand when a turn checks it, and the backends the project lists.
+SESSION_STATES = [
+    "live",
+    "inactive user",
+    "deleted user",
+    "password changed",
+    "no auth hash",
+    "an older secret key",
+    "backend no longer listed",
+    "no user id",
+    "inactive user, AllowAllUsersModelBackend",
+    "live, a backend that reads users its own way",
+    "password changed, a backend that reads users its own way",
+]
+
+
+@pytest.mark.parametrize("state", SESSION_STATES)
+def test_the_session_check_finds_whom_a_session_logs_in_as_djangos_get_user(
+    user: Any, settings: Any, state: str
+) -> None:
+    """Who is logged in, and what becomes of the session (kept, flushed, given a new key),
+    are Django's own for every way a session may stand."""
+    backend = ALL_USERS if "AllowAll" in state else OWN_READER if "own way" in state else MODEL
+    settings.AUTHENTICATION_BACKENDS = [MODEL, ALL_USERS, OWN_READER]
+    if state == "an older secret key":
+        settings.SECRET_KEY = "an-older-secret-key-" + "x" * 40
+    browser = Client()
+    browser.force_login(user, backend=backend)
+    key = browser.session.session_key
+    session = SessionStore(key)
+    if state.startswith("inactive user"):
+        type(user).objects.filter(pk=user.pk).update(is_active=False)
+    elif state == "deleted user":
+        user.delete()
+    elif state.startswith("password changed"):
+        user.set_password("another password")
+        user.save()
+    elif state == "no auth hash":
+        del session[HASH_SESSION_KEY]
+        session.save()
+    elif state == "an older secret key":
+        settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+        settings.SECRET_KEY = "the-newer-secret-key-" + "y" * 40
+    elif state == "backend no longer listed":
+        settings.AUTHENTICATION_BACKENDS = [ALL_USERS]
+    elif state == "no user id":
+        del session[SESSION_KEY]
+        session.save()
+
+    def outcome(who: Callable[[SessionStore], Any]) -> tuple[Any, ...]:
+        with transaction.atomic():
+            fresh = SessionStore(key)
+            found = who(fresh)
+            stored = set(Session.objects.values_list("session_key", flat=True))
+            transaction.set_rollback(True)
+        # A new key (Django cycles it under an older secret) is random: compared by kind.
+        return (
+            found.pk,
+            found.is_authenticated,
+            fresh.session_key == key,
+            key in stored,
+            len(stored),
+        )
+
+    djangos = outcome(lambda fresh: get_user(SimpleNamespace(session=fresh)))  # type: ignore[arg-type]
+    ours = outcome(auth.logged_in_user)
+
+    assert ours == djangos
+    assert djangos[1] is (state in LOGGED_IN)
+
+
+LOGGED_IN = {
+    "live",
+    "an older secret key",
+    "inactive user, AllowAllUsersModelBackend",
+    "live, a backend that reads users its own way",
+}
+
+
+@pytest.mark.parametrize("backend", [MODEL, OWN_READER])
+def test_only_a_backend_that_reads_users_as_model_backend_does_gets_the_one_statement(
+    backend: str,
+) -> None:
+    assert (auth._user_reader(backend) is not None) is (backend == MODEL)
