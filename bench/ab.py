@@ -308,27 +308,33 @@ def djangos_session(key: str) -> Any:
     return import_module(settings.SESSION_ENGINE).SessionStore(key)
 
 
-def session(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+def session_checks(ops: int, name: str, before: tuple[str, Any], after: str) -> Variants:
+    """Session checks of ``ops`` users, ``chat.auth.<name>`` replaced by ``before`` (its
+    label and function), then the app's own (labelled ``after``); in this thread, as the
+    database thread makes them."""
     from chat import auth
 
-    current = auth._stored_session
+    current = getattr(auth, name)
     crowd = costs.people(ops)
 
-    def using(load: Any) -> Callable[[], None]:
-        def run() -> None:  # in this thread, as the database thread makes it
-            kept, auth._stored_session = auth._stored_session, load
+    def using(function: Any) -> Callable[[], None]:
+        def run() -> None:
+            kept = getattr(auth, name)
+            setattr(auth, name, function)
             try:
                 for person in crowd:
                     assert person.still_allowed()
             finally:
-                auth._stored_session = kept
+                setattr(auth, name, kept)
 
         return run
 
-    variants = {
-        "Django's session load (before)": using(djangos_session),
-        "one statement, Django's decode (after)": using(current),
-    }
+    return {f"{before[0]} (before)": using(before[1]), f"{after} (after)": using(current)}
+
+
+def session(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
+    before = ("Django's session load", djangos_session)
+    variants = session_checks(ops, "_stored_session", before, "one statement, Django's decode")
     return variants, "µs per session check (chat.auth.session_is_current)"
 
 
@@ -342,26 +348,8 @@ def djangos_get_user(session: Any) -> Any:
 
 
 def user(loop: asyncio.AbstractEventLoop, ops: int) -> tuple[Variants, str]:
-    from chat import auth
-
-    current = auth.logged_in_user
-    crowd = costs.people(ops)
-
-    def using(find: Any) -> Callable[[], None]:
-        def run() -> None:  # in this thread, as the database thread makes it
-            kept, auth.logged_in_user = auth.logged_in_user, find
-            try:
-                for person in crowd:
-                    assert person.still_allowed()
-            finally:
-                auth.logged_in_user = kept
-
-        return run
-
-    variants = {
-        "Django's get_user (before)": using(djangos_get_user),
-        "one statement made once (after)": using(current),
-    }
+    before = ("Django's get_user", djangos_get_user)
+    variants = session_checks(ops, "logged_in_user", before, "one statement made once")
     return variants, "µs per session check (chat.auth.session_is_current)"
 
 

@@ -33,7 +33,9 @@ def test_a_quick_budget_prints_a_row_per_stage_and_their_sum(tmp_path: Path) -> 
     assert budget["sums"]["daphne_sqlite"] > 0
 
 
-@pytest.mark.parametrize("name", ["reads", "hop", "writes", "setup", "session", "final"])
+@pytest.mark.parametrize(
+    "name", ["reads", "hop", "writes", "setup", "session", "final", "trips", "user"]
+)
 def test_a_before_and_after_comparison_times_both_versions(name: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.ab", name, "--rounds", "2", "--ops", "100"],
