@@ -11,8 +11,8 @@ than one call of each batch, so a turn's setup waits behind at most one batch of
 final saves, not behind five hundred of them.
 
 What a call raises reaches its own caller only, and the others commit. A trip
-takes no savepoint per call (two round trips each, a tenth of a busy relay's
-database time): when a call raises, the whole transaction rolls back, and the
+takes no savepoint per call (two round trips each: 6-9 % of a busy relay's
+profile samples): when a call raises, the whole transaction rolls back, and the
 calls before it are made again as a trip of their own, those after it as
 another; the call that raised is not made again. If the commit itself fails (a
 deadlock with another process, a dropped connection), each call is made again
