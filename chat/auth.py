@@ -105,13 +105,13 @@ def logged_in_user(session: SessionBase) -> Any:
     """
     path = session.get(BACKEND_SESSION_KEY)
     reader = _user_reader(path) if path in settings.AUTHENTICATION_BACKENDS else None
-    if path is None or reader is None:  # Django's own, through the backend's own ``get_user``
+    if reader is None:  # Django's own, through the backend's own ``get_user``
         return get_user(cast(HttpRequest, SimpleNamespace(session=session)))
     try:
         user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
     except KeyError:
         return AnonymousUser()
-    backend = cast(ModelBackend, load_backend(path))
+    backend = cast(ModelBackend, load_backend(cast(str, path)))
     user = reader(user_id)
     if user is not None and not backend.user_can_authenticate(user):
         user = None
