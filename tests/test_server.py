@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from chat.server import install_uvloop
+from chat.server import InputQueue, install_uvloop
 from tests.servers import ROOT, daphne, prepare_site
 
 pytestmark = pytest.mark.integration
@@ -143,3 +147,135 @@ def test_the_server_freezes_what_it_loaded_and_collects_young_objects_less_often
 ) -> None:
     # Before the server runs nothing is frozen; once it runs, what was loaded is.
     assert run_script(tmp_path, COLLECT_LESS) == ["10000 False", "True"]
+
+
+#: Run in a child process: daphne with ``lean_sockets``, serving an echo app on
+#: websockets, opened by a client in the same loop; then what the sockets hold.
+LEAN_SOCKETS = r"""
+import asyncio, gc, sys
+from chat.server import InputQueue, install_uvloop, lean_sockets
+install_uvloop()
+print("steps", lean_sockets())
+from daphne.server import Server, twisted_loop
+from daphne.http_protocol import WebRequest
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
+import websockets
+
+queues = []
+
+async def echo(scope, receive, send):
+    queues.append(receive.__self__)
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif event["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": scope["path"] + " " + event["text"]})
+        else:
+            return
+
+def protocols():
+    return [p for p in gc.get_objects() if isinstance(p, WebSocketProtocol)]
+
+async def main(server):
+    port = server.listening_addresses[0][1]
+    url = f"ws://127.0.0.1:{port}"
+    first = await websockets.connect(url + "/one/")
+    for i in range(50):
+        await first.send(str(i))
+    print("in order", [await first.recv() for _ in range(50)] == [f"/one/ {i}" for i in range(50)])
+    print("queues", {type(q).__name__ for q in queues})
+    [p] = protocols()
+    options = set(WebSocketProtocol.CONFIG_ATTRS) & set(vars(p))
+    print("options held per socket", sorted(options))
+    factory = server.ws_factory
+    print("options read", p.autoPingInterval == factory.autoPingInterval,
+          callable(p.perMessageCompressionAccept))
+    print("handshake let go", p.http_headers, p.http_request_data, p.request.path)
+    server.application_checker()  # daphne's own sweep of finished connections (every second)
+    print("upgraded requests held", [r for r in gc.get_objects() if isinstance(r, WebRequest)])
+    server.ws_factory.setProtocolOptions(autoPingInterval=7)
+    second = await websockets.connect(url + "/two/")
+    await second.send("hello")
+    by_path = sorted(protocols(), key=lambda p: p.request.path)
+    print(await second.recv(), [p.autoPingInterval for p in by_path])
+    await first.close()
+    await second.close()
+    reactor.stop()
+
+ready = lambda: twisted_loop.create_task(main(server))
+server = Server(application=echo, endpoints=["tcp:port=0:interface=127.0.0.1"],
+                signal_handlers=False, ready_callable=ready)
+server.run()
+"""
+
+
+def test_lean_sockets_keep_what_a_socket_does_and_let_go_of_its_handshake(tmp_path: Path) -> None:
+    assert run_script(tmp_path, LEAN_SOCKETS) == [
+        "steps ['queue', 'options', 'handshake', 'upgraded request']",
+        "in order True",
+        "queues {'InputQueue'}",
+        "options held per socket []",  # read from the class made for the server's options
+        "options read True True",  # a function option stays a function
+        "handshake let go None None /one/",
+        "upgraded requests held []",
+        "/two/ hello [0, 7]",  # options changed later apply to sockets opened later
+    ]
+
+
+#: Operations on a queue: put an item, start a getter, cancel the i-th getter started,
+#: or let the loop run a turn (getters start waiting, woken ones take their items). A
+#: getter woken by a put and cancelled before its turn is the case to get right.
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 99)),
+        st.tuples(st.just("get"), st.just(0)),
+        st.tuples(st.just("cancel"), st.integers(0, 9)),
+        st.tuples(st.just("turn"), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+def outcome(queue_class: Any, steps: list[tuple[str, int]]) -> list[object]:
+    """What each getter ended with (its item, or cancelled, or still waiting), in the
+    order they started, and the items left in the queue."""
+
+    async def run() -> list[object]:
+        queue = queue_class()
+        getters: list[asyncio.Task[Any]] = []
+        for step, value in steps:
+            if step == "put":
+                queue.put_nowait(value)
+            elif step == "get":
+                getters.append(asyncio.ensure_future(queue.get()))
+            elif step == "cancel" and value < len(getters):
+                getters[value].cancel()
+            elif step == "turn":  # only here do started getters run
+                await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        ended: list[object] = []
+        for getter in getters:
+            if not getter.done():
+                ended.append("waiting")
+                getter.cancel()
+            else:
+                ended.append("cancelled" if getter.cancelled() else getter.result())
+        left = []
+        while not queue.empty():
+            left.append(await queue.get())
+        return [*ended, "left", *left]
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+@example([("get", 0), ("get", 0), ("turn", 0), ("put", 1), ("cancel", 0), ("turn", 0)])
+def test_the_input_queue_hands_out_items_as_asyncios_queue_does(
+    steps: list[tuple[str, int]],
+) -> None:
+    # First come, first served; a getter cancelled once woken passes its item on.
+    assert outcome(InputQueue, steps) == outcome(asyncio.Queue, steps)
