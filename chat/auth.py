@@ -1,6 +1,7 @@
 """Who a socket chats as, and whether its session still says so.
 
-A socket authenticates once, when it opens (Channels' ``AuthMiddlewareStack``).
+A socket authenticates once, when it opens (``chat.middleware.SessionAuthMiddleware`` or
+Channels' ``AuthMiddlewareStack``).
 A logout or a password change later must end it too: every request the page
 makes is checked against the session as stored now, and a logout closes this
 process's sockets of that session at once (``user_logged_out``).

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from chat import auth
 from chat.consumers import ChatConsumer, frame_sender
+from chat.middleware import SessionAuthMiddleware
 from chat.routing import websocket_urlpatterns
 from project.asgi import application
 from tests.conftest import ORIGIN, ChatClient, rebuild, session_cookie
@@ -360,3 +361,42 @@ def test_only_a_backend_that_reads_users_as_model_backend_does_gets_the_one_stat
     backend: str,
 ) -> None:
     assert (auth._user_reader(backend) is not None) is (backend == MODEL)
+
+
+#: How a socket's cookie may stand when it opens.
+COOKIES = ["logged in", "no cookie", "an unknown session", "logged out", "password changed"]
+
+
+@pytest.mark.parametrize("cookie", COOKIES)
+async def test_the_one_step_middleware_gives_the_scope_channels_auth_stack_gives(
+    user: Any, cookie: str
+) -> None:
+    headers = [(b"origin", ORIGIN), (b"host", b"localhost")]
+    if cookie != "no cookie":
+        headers.append((b"cookie", await session_cookie(user)))
+    if cookie == "an unknown session":
+        headers[-1] = (b"cookie", b"sessionid=" + b"x" * 32)
+    elif cookie == "logged out":
+        await sync_to_async(Session.objects.all().delete)()
+    elif cookie == "password changed":
+        user.set_password("another password")
+        await sync_to_async(user.save)()
+
+    async def opened(stack: Any) -> tuple[Any, ...]:
+        seen: list[tuple[Any, ...]] = []
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            session, found = scope["session"], scope["user"]
+            seen.append(
+                (scope["cookies"], session.session_key, found.pk, found.is_authenticated, send)
+            )
+
+        scope = {"type": "websocket", "path": "/ws/chat/", "headers": headers}
+        await stack(inner)(scope, None, real_send)
+        return seen[0]
+
+    ours = await opened(SessionAuthMiddleware)
+    channels = await opened(AuthMiddlewareStack)
+    assert ours[:4] == channels[:4]
+    assert ours[3] is (cookie == "logged in")
+    assert ours[4] is real_send  # frames go to the server's send untouched
