@@ -46,6 +46,25 @@ def keys(message_id: str) -> tuple[str, str, str]:
 class Delivery:
     """What one socket is sent, and when."""
 
+    # Slots, not a dict: one of these lives as long as each open socket.
+    __slots__ = (
+        "_ended",
+        "_loop",
+        "_over",
+        "_send",
+        "_sender",
+        "_text_of",
+        "finished",
+        "frame_limit",
+        "holding",
+        "outbox",
+        "positions",
+        "shown",
+        "slow_timeout",
+        "stopping",
+        "window",
+    )
+
     def __init__(
         self,
         send: Send,

@@ -14,6 +14,8 @@ class FrameBucket:
     a socket that floods is answered ``slow_down`` and, if it goes on, closed.
     """
 
+    __slots__ = ("capacity", "excess", "rate", "refused", "stamp", "tokens")  # one a socket
+
     def __init__(self, rate: float, *, burst: float | None = None) -> None:
         self.rate = rate
         self.capacity = 2 * rate if burst is None else burst
@@ -92,6 +94,8 @@ class SendWindow:
     a client that never reads therefore costs at most about ``size`` characters
     of buffers, not an unbounded queue (daphne's write buffer has no cap).
     """
+
+    __slots__ = ("_moved", "confirmed", "pinged", "pings", "sent", "size")  # one a socket
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -160,6 +160,7 @@ from daphne.server import Server, twisted_loop
 from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import reactor
+from twisted.web.http import HTTPChannel
 import websockets
 
 queues = []
@@ -195,6 +196,7 @@ async def main(server):
     print("handshake let go", p.http_headers, p.http_request_data, p.request.path)
     server.application_checker()  # daphne's own sweep of finished connections (every second)
     print("upgraded requests held", [r for r in gc.get_objects() if isinstance(r, WebRequest)])
+    print("HTTP channels held", [c for c in gc.get_objects() if isinstance(c, HTTPChannel)])
     server.ws_factory.setProtocolOptions(autoPingInterval=7)
     second = await websockets.connect(url + "/two/")
     await second.send("hello")
@@ -220,6 +222,7 @@ def test_lean_sockets_keep_what_a_socket_does_and_let_go_of_its_handshake(tmp_pa
         "options read True True",  # a function option stays a function
         "handshake let go None None /one/",
         "upgraded requests held []",
+        "HTTP channels held []",
         "/two/ hello [0, 7]",  # options changed later apply to sockets opened later
     ]
 
