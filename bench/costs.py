@@ -1322,13 +1322,14 @@ def as_json(budget: Budget) -> dict[str, Any]:
 
 
 def measure(effort: Effort, *, postgres: bool, relays: Path) -> Budget:
-    from chat.server import install_uvloop, write_eagerly
+    from chat.server import install_uvloop, lean_sockets, write_eagerly
 
     # Before daphne.server is imported: its loop (Twisted's) is then uvloop, as in
     # ``python -m chat.server``; every asynchronous step here runs on it, and
-    # Twisted writes as that server makes it write.
+    # Twisted writes and daphne's sockets send as that server makes them.
     install_uvloop()
     write_eagerly()
+    lean_sockets()
     load = os.getloadavg()[0]
     with databases(effort, postgres=postgres) as urls:
         setup_django(urls["SQLite"])  # the settings only: this process uses no database

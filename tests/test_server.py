@@ -152,13 +152,14 @@ def test_the_server_freezes_what_it_loaded_and_collects_young_objects_less_often
 #: Run in a child process: daphne with ``lean_sockets``, serving an echo app on
 #: websockets, opened by a client in the same loop; then what the sockets hold.
 LEAN_SOCKETS = r"""
-import asyncio, gc, sys
+import asyncio, gc, random, sys
 from chat.server import InputQueue, install_uvloop, lean_sockets
 install_uvloop()
 print("steps", lean_sockets())
 from daphne.server import Server, twisted_loop
 from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol as Autobahn
 from twisted.internet import reactor
 from twisted.web.http import HTTPChannel
 import websockets
@@ -175,6 +176,38 @@ async def echo(scope, receive, send):
             await send({"type": "websocket.send", "text": scope["path"] + " " + event["text"]})
         else:
             return
+
+class Capture:
+    def __init__(self):
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+
+def same_frames(p):
+    # Every message in one write, its bytes and the traffic counted as autobahn's own
+    # sendMessage writes and counts them, at every edge of a frame's length field.
+    random.seed(7)
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+    sizes += [random.randrange(0, 70000) for _ in range(100)]
+    real, p.transport = p.transport, Capture()
+    try:
+        for size in sizes:
+            for binary in (False, True):
+                payload = random.randbytes(size)
+                counts = [dict(vars(p.trafficStats))]
+                p.sendMessage(payload, binary)
+                counts.append(dict(vars(p.trafficStats)))
+                Autobahn.sendMessage(p, payload, binary)
+                counts.append(dict(vars(p.trafficStats)))
+                ours, theirs = p.transport.writes[-2:]
+                added = [{k: b[k] - a[k] for k in a if isinstance(a[k], int)}
+                         for a, b in zip(counts, counts[1:])]
+                if ours != theirs or added[0] != added[1]:
+                    return f"differs at {size} bytes, binary {binary}"
+        return len(p.transport.writes) == 4 * len(sizes)
+    finally:
+        p.transport = real
 
 def protocols():
     return [p for p in gc.get_objects() if isinstance(p, WebSocketProtocol)]
@@ -197,6 +230,7 @@ async def main(server):
     server.application_checker()  # daphne's own sweep of finished connections (every second)
     print("upgraded requests held", [r for r in gc.get_objects() if isinstance(r, WebRequest)])
     print("HTTP channels held", [c for c in gc.get_objects() if isinstance(c, HTTPChannel)])
+    print("frames as autobahn's", same_frames(p))
     server.ws_factory.setProtocolOptions(autoPingInterval=7)
     second = await websockets.connect(url + "/two/")
     await second.send("hello")
@@ -215,7 +249,7 @@ server.run()
 
 def test_lean_sockets_keep_what_a_socket_does_and_let_go_of_its_handshake(tmp_path: Path) -> None:
     assert run_script(tmp_path, LEAN_SOCKETS) == [
-        "steps ['queue', 'options', 'handshake', 'upgraded request']",
+        "steps ['queue', 'options', 'handshake', 'one-write frames', 'upgraded request']",
         "in order True",
         "queues {'InputQueue'}",
         "options held per socket []",  # read from the class made for the server's options
@@ -223,6 +257,7 @@ def test_lean_sockets_keep_what_a_socket_does_and_let_go_of_its_handshake(tmp_pa
         "handshake let go None None /one/",
         "upgraded requests held []",
         "HTTP channels held []",
+        "frames as autobahn's True",
         "/two/ hello [0, 7]",  # options changed later apply to sockets opened later
     ]
 
