@@ -78,10 +78,9 @@ async def test_a_20000_token_answer_never_freezes_the_page(
 
     await ask(chat, "Write a very long answer")
     await expect(last_answer(chat)).to_have_class(re.compile("chat-streaming"))
-    # Waited for in the page, with no polling: each of Playwright's locator polls previews
-    # the element it resolves (its whole text), a DevTools task on the page's main thread
-    # that grew to 100-260 ms a poll on this answer. The harness, not the page, made the
-    # long tasks this test once saw.
+    # Waited for in the page, with no polling: each of Playwright's locator polls was a
+    # DevTools task on the page's main thread that grew with the answer (100-260 ms a poll
+    # in a Chromium trace). The harness, not the page, made the long tasks this test saw.
     await asyncio.wait_for(chat.evaluate(COMPLETE), timeout=60)
 
     longest = await chat.evaluate(LONGEST_SINCE)
