@@ -22,6 +22,13 @@ from pathlib import Path
 #: Who owns a frame, by the first pattern its text matches (function and file).
 OWNERS = [
     ("garbage collector", r"gc_collect|collect_main|_PyGC_|gc_collect_main|deduce_unreachable"),
+    # A thread taking or handing over the interpreter's lock: CPython's GIL is a pthread
+    # mutex and condition, and contention on it (the database threads against the
+    # event loop) shows as these calls and the unnamed libc frames (futex) under them.
+    (
+        "interpreter lock hand-overs",
+        r"\b(pthread_mutex_(un)?lock|pthread_cond_signal|take_gil|drop_gil) \(",
+    ),
     ("database (sqlite/psycopg/ORM)", r"sqlite|psycopg|libpq|django/db/"),
     (
         "write system call",
@@ -72,7 +79,7 @@ def owner(frame: str) -> str:
     return "other"
 
 
-DATABASE = OWNERS[1][0]
+DATABASE = next(name for name, _ in OWNERS if name.startswith("database"))
 CHAT = re.compile(r"\(\S*chat/\w+\.py")
 BATCHES = "chat/batches.py"
 

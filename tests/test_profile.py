@@ -34,6 +34,21 @@ def test_samples_are_grouped_by_owner_and_waiting_threads_are_left_out(tmp_path:
     }
 
 
+def test_waiting_for_the_interpreters_lock_is_counted_apart_from_the_code_that_waited(
+    tmp_path: Path,
+) -> None:
+    folded = tmp_path / "relay.txt"
+    write = "run (asyncio/events.py:80);write (chat/server.py:73);sock_send_impl (python3.11)"
+    folded.write_text(
+        f"process 1;thread 1;{write};pthread_cond_signal (libc.so.6);0x7f00aa (libc.so.6) 7\n"
+        "process 1;thread 2;execute (psycopg/cursor.py:700);pthread_mutex_lock (libc.so.6) 3\n"
+        f"process 1;thread 1;{write};send (libc.so.6) 10\n"
+    )
+    total, own, _ = profile.shares(profile.read(folded), "owner")
+    assert total == 20
+    assert own == {"interpreter lock hand-overs": 10, "write system call": 10}
+
+
 def test_with_the_cpu_per_token_each_owner_gets_its_microseconds(tmp_path: Path) -> None:
     folded = tmp_path / "relay.txt"
     folded.write_text(STACKS)
