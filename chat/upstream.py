@@ -258,18 +258,46 @@ async def stream_answer(
     that is before any token, and only for connect errors, 429 and 5xx.
     Closing this generator (or cancelling its consumer) closes the upstream
     response, and with it the connection: the upstream stops generating.
+
+    One generator from the network read to its caller, the read interpreted by a
+    plain function (``_interpret``): each generator a read passes through is a
+    resume and a yield per token (three of them before, ``python -m bench.costs``).
     """
     try:
-        async for item in _stream(config, messages, answer):
-            yield item
+        response = await _open_stream(config, messages, answer)
+        try:
+            answer.request_id = response.headers.get("x-request-id", "")
+            answer.note("response", status=response.status_code, request_id=answer.request_id)
+            decoder = SSEDecoder(max_event_size=config.max_event_size)
+            # A server (or a proxy before it) may compress anyway: then httpx decodes.
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
+            with _failing_as(STREAMING, encoding=encoding, read_timeout=config.read_timeout):
+                async for chunk in chunks:
+                    # What a read completed before a failure is still the answer's: it
+                    # is yielded first, then the failure raised.
+                    content, reasoning, failure = _interpret(decoder, chunk, answer)
+                    if content or reasoning:
+                        yield content, reasoning
+                    if failure is not None:
+                        raise failure
+                    if answer.done:
+                        return
+            if answer.finish_reason is None:
+                raise UpstreamDisconnected(
+                    "The model server ended the stream before the answer was finished."
+                )
+        finally:
+            await response.aclose()
     except UpstreamError as error:
         # Whatever the upstream said, redacted before anyone sees it.
         raise error.redacted(config.secrets) from error.__cause__
 
 
-async def _stream(
+async def _open_stream(
     config: UpstreamConfig, messages: Sequence[Mapping[str, str]], answer: Answer
-) -> AsyncIterator[tuple[str, str]]:
+) -> httpx.Response:
+    """The answer's streamed response, once the upstream started it (retried as above)."""
     client = get_client()
     headers = _headers(config, accept="text/event-stream")
     # Compressing a token stream only delays it (a compressor buffers): ask for none.
@@ -297,8 +325,7 @@ async def _stream(
         answer.note("request_sent", attempt=attempt + 1, url=request.url.path)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await _open(client, request, config)
-            break
+                return await _open(client, request, config)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"The model server did not start answering within {config.first_byte_timeout:g} s."
@@ -311,13 +338,6 @@ async def _stream(
             answer.note("retry", after=error.code, delay=round(delay, 3))
             logger.info("Retrying the upstream in %.2fs after %s", delay, error.code)
             await asyncio.sleep(delay)
-    try:
-        answer.request_id = response.headers.get("x-request-id", "")
-        answer.note("response", status=response.status_code, request_id=answer.request_id)
-        async for item in _read_events(response, config, answer):
-            yield item
-    finally:
-        await response.aclose()
 
 
 def _retry_delay(error: UpstreamError, attempt: int, config: UpstreamConfig) -> float | None:
@@ -542,63 +562,50 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-async def _read_events(
-    response: httpx.Response, config: UpstreamConfig, answer: Answer
-) -> AsyncIterator[tuple[str, str]]:
-    decoder = SSEDecoder(max_event_size=config.max_event_size)
-    loads = orjson.loads
-    # A server (or a proxy before it) may compress anyway: then httpx decodes.
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
-    with _failing_as(STREAMING, encoding=encoding, read_timeout=config.read_timeout):
-        async for chunk in chunks:
-            # What a read completed before a failure is still the answer's: it is
-            # yielded first, then the failure raised.
-            failure: UpstreamError | None = None
-            try:
-                events = decoder.feed(chunk)
-            except SSEError as exc:
-                events = exc.events
-                failure = UpstreamProtocolError(f"The model server sent an oversized event: {exc}.")
-                failure.__cause__ = exc
-            content: list[str] = []
-            reasoning: list[str] = []
-            for event in events:
-                data = event.data
-                if data == "[DONE]":
-                    answer.done = True
-                    break
-                try:
-                    payload = loads(data)
-                except orjson.JSONDecodeError as exc:
-                    failure = UpstreamProtocolError(
-                        "The model server sent a chunk that is not valid JSON."
-                    )
-                    failure.__cause__ = exc
-                    break
-                try:
-                    if event.event == "error":
-                        raise UpstreamStreamError(
-                            _error_message(payload.get("error", payload))
-                            if isinstance(payload, dict)
-                            else str(payload)
-                        )
-                    text, thought = answer.apply(payload)
-                except UpstreamError as exc:
-                    failure = exc
-                    break
-                if text:
-                    content.append(text)
-                if thought:
-                    reasoning.append(thought)
-            if content or reasoning:
-                # Per read, not per event: a NUL is rare, and looking for one is one C scan.
-                yield storable("".join(content)), storable("".join(reasoning))
-            if failure is not None:
-                raise failure
-            if answer.done:
-                return
-    if answer.finish_reason is None:
-        raise UpstreamDisconnected(
-            "The model server ended the stream before the answer was finished."
-        )
+def _interpret(
+    decoder: SSEDecoder, chunk: bytes, answer: Answer
+) -> tuple[str, str, UpstreamError | None]:
+    """What one network read adds to the answer: its content, its reasoning, and the
+    failure it ended in (the events before the failure still count)."""
+    failure: UpstreamError | None = None
+    try:
+        events = decoder.feed(chunk)
+    except SSEError as exc:
+        events = exc.events
+        failure = UpstreamProtocolError(f"The model server sent an oversized event: {exc}.")
+        failure.__cause__ = exc
+    content: list[str] = []
+    reasoning: list[str] = []
+    for event in events:
+        data = event.data
+        if data == "[DONE]":
+            answer.done = True
+            break
+        try:
+            payload = _loads(data)
+        except orjson.JSONDecodeError as exc:
+            failure = UpstreamProtocolError("The model server sent a chunk that is not valid JSON.")
+            failure.__cause__ = exc
+            break
+        try:
+            if event.event == "error":
+                raise UpstreamStreamError(
+                    _error_message(payload.get("error", payload))
+                    if isinstance(payload, dict)
+                    else str(payload)
+                )
+            text, thought = answer.apply(payload)
+        except UpstreamError as exc:
+            failure = exc
+            break
+        if text:
+            content.append(text)
+        if thought:
+            reasoning.append(thought)
+    if not content and not reasoning:
+        return "", "", failure
+    # Per read, not per event: a NUL is rare, and looking for one is one C scan.
+    return storable("".join(content)), storable("".join(reasoning)), failure
+
+
+_loads = orjson.loads
