@@ -437,7 +437,8 @@ def delivery(frames: int) -> tuple[Any, list[Any]]:
 
 def own_task(socket: Any) -> bool:
     """Whether this ``Delivery`` sends from one task for the socket's life (``run`` waits on
-    its ``wake`` event) rather than from a sender ``deliver`` starts when one is needed.
+    its ``wake`` event) rather than from a sender ``deliver`` starts when one is needed
+    (and which, today, waits between the frames of an answer being written).
 
     chat/delivery.py has had both designs; this drives whichever is there.
     """
@@ -483,7 +484,11 @@ def delivery_rows(loop: asyncio.AbstractEventLoop, effort: Effort) -> list[Row]:
         for _ in range(ops):
             await asyncio.sleep(0)
 
-    sender = "its own task, woken" if own_task(delivery(0)[0]) else "a sender task started"
+    sender = (
+        "its own task, woken"
+        if own_task(delivery(0)[0])
+        else "the sender, woken (started by the first: an answer is being written)"
+    )
     return [
         Row(
             DELIVERY,

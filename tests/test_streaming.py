@@ -170,3 +170,37 @@ async def test_an_idle_socket_holds_no_task_of_its_own(
 
     assert sender_tasks() == []
     assert rebuild(chat.frames) == "Hello there"
+
+
+async def test_one_sender_serves_an_answer_from_its_first_frame_to_its_done(
+    connect: Connect, fake_upstream: FakeUpstream, user: Any
+) -> None:
+    # Its next token is a moment away: the socket's sender waits for it instead of
+    # ending and being started again for each token; once the answer is done, it ends.
+    first, second = asyncio.Event(), asyncio.Event()
+    fake_upstream.script(
+        stream(
+            chunk("", role="assistant"),
+            chunk("Hello"),
+            Gate(first),
+            chunk(" there"),
+            Gate(second),
+            *completion([","])[1:],
+        )
+    )
+    chat = await connect(user)
+    await chat.send("hi")
+    await chat.receive_text("Hello")
+    await chat.assert_silent()
+    (sender,) = sender_tasks()
+
+    first.set()
+    await chat.receive_text("Hello there")
+    await chat.assert_silent()
+    assert sender_tasks() == [sender]
+
+    second.set()
+    await chat.receive_until("done")
+    await chat.assert_silent()
+    assert sender_tasks() == []
+    assert rebuild(chat.frames) == "Hello there,"
