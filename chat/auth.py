@@ -39,6 +39,7 @@ from django.utils.crypto import constant_time_compare
 
 from chat.batches import in_db_thread
 from chat.conf import conf
+from chat.cursors import kept_cursor
 from chat.exceptions import NotAllowed
 from chat.models import Owner
 from chat.permissions import can_chat
@@ -167,9 +168,9 @@ def _read_user(model: type[models.Model], pk: Any) -> models.Model | None:
     sql, fields, converters = _user_select(model, alias)
     key = model._meta.pk
     assert key is not None
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [key.get_db_prep_value(pk, connection)])
-        row = cursor.fetchone()
+    cursor = kept_cursor(connection)
+    cursor.execute(sql, [key.get_db_prep_value(pk, connection)])
+    row = cursor.fetchone()
     if row is None:
         return None
     values = list(row)
@@ -222,10 +223,9 @@ def _stored_session(key: str) -> SessionBase:
     if fresh.session_key is not None:  # a key the engine takes (Django validates its shape)
         sql, expires, alias = _session_select(fresh.model)
         using = connections[alias]
-        with using.cursor() as cursor:
-            now = expires.get_db_prep_value(timezone.now(), using)
-            cursor.execute(sql, [fresh.session_key, now])
-            row = cursor.fetchone()
+        cursor = kept_cursor(using)
+        cursor.execute(sql, [fresh.session_key, expires.get_db_prep_value(timezone.now(), using)])
+        row = cursor.fetchone()
     # What ``load`` leaves: the decoded data, or nothing and no key (gone or expired).
     fresh._session_cache = fresh.decode(row[0]) if row is not None else {}
     if row is None:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from chat import liveness
 from chat.batches import Batch, in_db_thread, ready_kept_connection
 from chat.conf import conf
+from chat.cursors import kept_cursor
 from chat.exceptions import ClientError, ConversationBusy, SessionEnded
 from chat.models import (
     Conversation,
@@ -155,9 +156,9 @@ def _answer_counts(owner: Owner, *, since: datetime) -> tuple[int, int]:
     assert isinstance(created, models.DateTimeField)
     assistant: Any = Message.Roles.ASSISTANT.value
     since_value = created.get_db_prep_value(since, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [assistant, *params, assistant, *params, since_value])
-        running, recent = cursor.fetchone()
+    cursor = kept_cursor(connection)
+    cursor.execute(sql, [assistant, *params, assistant, *params, since_value])
+    running, recent = cursor.fetchone()
     return int(running), int(recent)
 
 
@@ -200,8 +201,7 @@ def insert(rows: Sequence[models.Model]) -> None:
     """
     sql, fields = _insert_statement(type(rows[0]), len(rows), connection.vendor)
     values = [f.get_db_prep_save(f.pre_save(row, True), connection) for row in rows for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+    kept_cursor(connection).execute(sql, values)
     for row in rows:  # saved, as bulk_create leaves them
         row._state.adding = False
         row._state.db = connection.alias
@@ -216,9 +216,9 @@ def update(model: type[models.Model], pk: Any, values: dict[str, Any]) -> int:
     """
     sql, fields, key = _update_statement(model, tuple(values), connection.vendor)
     prepared = [f.get_db_prep_save(values[f.name], connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*prepared, key.get_db_prep_value(pk, connection)])
-        return int(cursor.rowcount)
+    cursor = kept_cursor(connection)
+    cursor.execute(sql, [*prepared, key.get_db_prep_value(pk, connection)])
+    return int(cursor.rowcount)
 
 
 @functools.cache
@@ -270,11 +270,9 @@ def record_usage(owner_key: str, usage: Usage, *, answers: int) -> None:
     if connection.vendor in UPSERTS:
         day = DailyUsage._meta.get_field("day").get_db_prep_value(today, connection)
         row = [owner_key, Owner.from_key(owner_key).user_id, day, usage.prompt_tokens]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _usage_upsert(connection.vendor),
-                [*row, usage.completion_tokens, estimated, answers],
-            )
+        kept_cursor(connection).execute(
+            _usage_upsert(connection.vendor), [*row, usage.completion_tokens, estimated, answers]
+        )
         return
     increments = {
         "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
