@@ -172,9 +172,14 @@ def hanging(*texts: str) -> Reply:
 
 def paused(before: Sequence[str], gate: asyncio.Event, after: Sequence[str]) -> Reply:
     """An answer that sends ``before``, waits for the test to set ``gate``, then ends normally."""
-    return stream(
-        chunk("", role="assistant"), *(chunk(t) for t in before), Gate(gate), *completion(after)[1:]
-    )
+    return gated(*before, gate, *after)
+
+
+def gated(*parts: str | asyncio.Event) -> Reply:
+    """An answer that sends each text in turn and, at each event, waits for the test to
+    set it; then it ends normally."""
+    steps: list[Step] = [chunk(part) if isinstance(part, str) else Gate(part) for part in parts]
+    return stream(chunk("", role="assistant"), *steps, *completion([])[1:])
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:

@@ -10,7 +10,16 @@ import pytest
 from chat import store
 from chat.models import Conversation, Message
 from tests.conftest import API_KEY, Connect, rebuild
-from tests.fake_upstream import HANG, FakeUpstream, Gate, chunk, completion, paused, stream
+from tests.fake_upstream import (
+    HANG,
+    FakeUpstream,
+    Gate,
+    chunk,
+    completion,
+    gated,
+    paused,
+    stream,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -178,16 +187,7 @@ async def test_one_sender_serves_an_answer_from_its_first_frame_to_its_done(
     # Its next token is a moment away: the socket's sender waits for it instead of
     # ending and being started again for each token; once the answer is done, it ends.
     first, second = asyncio.Event(), asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("Hello"),
-            Gate(first),
-            chunk(" there"),
-            Gate(second),
-            *completion([","])[1:],
-        )
-    )
+    fake_upstream.script(gated("Hello", first, " there", second, ","))
     chat = await connect(user)
     await chat.send("hi")
     await chat.receive_text("Hello")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import expect, fake_model, log_in, start_site
-from tests.fake_upstream import FakeUpstream, Gate, chunk, completion, stream
+from tests.fake_upstream import FakeUpstream, gated
 from tests.servers import ROOT, Site
 
 CLIENT = """
@@ -212,16 +212,8 @@ async def test_a_reconnect_mid_answer_shows_the_exact_text_once(
     page: Any, upstream_site: Site, fake_upstream: FakeUpstream
 ) -> None:
     away, end = asyncio.Event(), asyncio.Event()
-    fake_upstream.script(
-        stream(
-            chunk("", role="assistant"),
-            chunk("Before the drop. "),
-            Gate(away),
-            chunk("While away. "),  # written while no socket watches
-            Gate(end),
-            *completion(["After it."])[1:],
-        )
-    )
+    # "While away. " is written while no socket watches.
+    fake_upstream.script(gated("Before the drop. ", away, "While away. ", end, "After it."))
     await page.add_init_script(CLIENT)
     await log_in(page, upstream_site)
     await page.goto(upstream_site.url + "/examples/embed/")
