@@ -562,6 +562,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+_loads = orjson.loads  # looked up once, not per event
+
+
 def _interpret(
     decoder: SSEDecoder, chunk: bytes, answer: Answer
 ) -> tuple[str, str, UpstreamError | None]:
@@ -606,6 +609,3 @@ def _interpret(
         return "", "", failure
     # Per read, not per event: a NUL is rare, and looking for one is one C scan.
     return storable("".join(content)), storable("".join(reasoning)), failure
-
-
-_loads = orjson.loads
