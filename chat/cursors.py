@@ -29,8 +29,8 @@ def kept_cursor(using: BaseDatabaseWrapper) -> CursorWrapper:
     kept: CursorWrapper | None = getattr(using, _KEPT, None)  # (``using`` may be a proxy)
     if (
         kept is None
-        or using.connection is None  # closed: ``cursor()`` connects again
-        or kept.cursor.connection is not using.connection  # made on a connection since closed
+        # Closed (``cursor()`` connects again), or connected again since it was made.
+        or kept.cursor.connection is not using.connection
         or isinstance(kept, CursorDebugWrapper) is not using.queries_logged
     ):
         kept = using.cursor()
